@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The quick start's one entry point. Sets up .venv from requirements.lock on first use (and
+# again only when the lock changes), then:
+#   ./dev.sh repro [dvc repro args]   run the pipeline (dvc repro)
+#   ./dev.sh test [pytest args]       run the test suite
+#   ./dev.sh <command ...>            run any command inside the environment (dvc, mlflow, python)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3}
+venv=.venv
+stamp=$venv/.installed-lock
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "error: $python is $("$python" --version 2>&1); Python 3.11+ is needed (set PYTHON=python3.11)" >&2; exit 1; }
+  "$python" -m venv "$venv"
+fi
+if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
+  echo "setting up $venv from requirements.lock (once)..." >&2
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" -r requirements.lock
+  "${pip[@]}" --no-deps --no-build-isolation -e .
+  cp requirements.lock "$stamp"
+fi
+export PATH="$PWD/$venv/bin:$PATH"
+# TensorFlow's start-up chatter (CPU instruction sets, oneDNN) is noise in every stage's log.
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# Stages may run from DVC's temporary experiment copies, where a relative mirror path breaks.
+if [ -n "${PIPELINE_DATA_MIRROR:-}" ]; then
+  PIPELINE_DATA_MIRROR=$(cd "$PIPELINE_DATA_MIRROR" && pwd)
+  export PIPELINE_DATA_MIRROR
+fi
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  repro)
+    # dvc needs a git repository; a downloaded tarball (no .git) gets one.
+    [ -d .git ] || git init -q
+    exec dvc repro "$@"
+    ;;
+  test)
+    exec python -m pytest "$@"
+    ;;
+  "")
+    echo "usage: ./dev.sh repro | test | <command in the environment>" >&2
+    exit 2
+    ;;
+  *)
+    exec "$command" "$@"
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Experiment pipeline: fetch -> split -> tune -> train -> evaluate -> report (see dvc.yaml)."""

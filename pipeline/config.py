@@ -1,0 +1,288 @@
+"""The schema every config in `conf/` is checked against, and the one way to load it.
+
+Hydra merges the YAML files into these dataclasses, so an unknown key or a value of the wrong
+type fails at composition; `load` then builds the dataclasses, whose `__post_init__` checks the
+ranges, so every stage fails on a bad value before it does any work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+
+
+class Family(Enum):
+    logreg = "logreg"  # one dense layer: logistic / softmax regression as a net
+    mlp = "mlp"
+    cnn = "cnn"
+    sklearn_logreg = "sklearn_logreg"  # scikit-learn's LogisticRegression baseline
+
+
+class Activation(Enum):
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    elu = "elu"
+
+
+class Initializer(Enum):
+    glorot_uniform = "glorot_uniform"
+    glorot_normal = "glorot_normal"
+    he_uniform = "he_uniform"
+    he_normal = "he_normal"
+    lecun_uniform = "lecun_uniform"
+    lecun_normal = "lecun_normal"
+    random_normal = "random_normal"
+    random_uniform = "random_uniform"  # Keras' "uniform": the sign-digits tutorial's choice
+    zeros = "zeros"
+
+
+class Optimizer(Enum):
+    sgd = "sgd"
+    adam = "adam"
+    rmsprop = "rmsprop"
+    adagrad = "adagrad"
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# ---- data --------------------------------------------------------------------------------
+
+
+@dataclass
+class MnistSource:
+    name: str = "mnist"
+    # Tried in order; each file is verified by its published SHA-256 wherever it comes from.
+    urls: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    def __post_init__(self) -> None:
+        for name, digest in self.files.items():
+            _check(
+                len(digest) == 64,
+                f"source.files.{name}: '{digest}' is not a SHA-256 (64 hex digits)",
+            )
+
+
+@dataclass
+class SignDigitsSource:
+    name: str = "sign_digits"
+    archive_url: str = MISSING
+    archive_folder: str = MISSING  # top folder inside the repository archive
+    # SHA-256 over the sorted `sha256sum` lines of every Dataset/<digit>/<file>: the archive's
+    # bytes change each time GitHub builds it, the images do not.
+    content_sha256: str = MISSING
+    image_size: int = 64
+    apply_errata: bool = True
+    # "<digit>/<file>" -> the digit the photo really shows (see conf/source/sign_digits.yaml)
+    label_errata: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size > 0, f"source.image_size must be > 0, got {self.image_size}")
+        for key, digit in self.label_errata.items():
+            _check(0 <= digit <= 9, f"source.label_errata.{key}: {digit} is not a digit 0-9")
+
+
+@dataclass
+class CirclesSource:
+    name: str = "circles"
+    n_samples: int = 100
+    shuffle: bool = True
+    noise: float = 0.05
+    random_state: int = 100
+    factor: float = 0.8
+
+    def __post_init__(self) -> None:
+        _check(self.n_samples >= 4, f"source.n_samples must be >= 4, got {self.n_samples}")
+        _check(0 < self.factor < 1, f"source.factor must be in (0, 1), got {self.factor}")
+        _check(self.noise >= 0, f"source.noise must be >= 0, got {self.noise}")
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"
+    models: str = "models"
+    reports: str = "reports"
+
+
+@dataclass
+class FetchConfig:
+    source: Any = MISSING
+    # A folder laid out like ../shared/datasets; when set, files come from it, not the network.
+    mirror: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.1
+    # Ignored where the source ships its own test set (MNIST's official 10,000 images).
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            _check(0 < value < 1, f"dataset.split.{key} must be in (0, 1), got {value}")
+        _check(
+            self.val_fraction + self.test_fraction < 1,
+            "dataset.split.val_fraction + test_fraction must be < 1, got "
+            f"{self.val_fraction} + {self.test_fraction}",
+        )
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # the task: names the outputs, the MLflow experiment and the reports
+    source: str = MISSING  # which fetched data set (data/raw/<source>.npz) it reads
+    classes: Optional[list[int]] = None  # keep only these labels, renumbered 0..k-1
+    standardize: bool = False  # fitted on the training part only
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            _check(
+                len(set(self.classes)) >= 2,
+                f"dataset.classes needs two or more distinct labels, got {self.classes}",
+            )
+
+
+# ---- model and training ------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    name: Optimizer = Optimizer.adam
+    lr: float = 0.001
+    momentum: float = 0.0  # sgd only
+
+    def __post_init__(self) -> None:
+        _check(
+            self.lr > 0 and math.isfinite(self.lr),
+            f"model.optimizer.lr must be > 0, got {self.lr}",
+        )
+        _check(
+            0 <= self.momentum < 1, f"model.optimizer.momentum must be in [0, 1), got {self.momentum}"
+        )
+
+
+@dataclass
+class ModelConfig:
+    family: Family = Family.mlp
+    hidden_units: list[int] = field(default_factory=list)  # mlp: one dense layer each
+    filters: list[int] = field(default_factory=list)  # cnn: one conv + pool block each
+    kernel_size: int = 3  # cnn
+    dense_units: int = 0  # cnn: a dense layer before the output, 0 for none
+    activation: Activation = Activation.relu
+    initializer: Initializer = Initializer.glorot_uniform
+    dropout: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0  # sklearn_logreg: C = 1 / l2, no penalty when 0
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.l1 >= 0, f"model.l1 must be >= 0, got {self.l1}")
+        _check(self.l2 >= 0, f"model.l2 must be >= 0, got {self.l2}")
+        _check(
+            all(units > 0 for units in self.hidden_units),
+            f"model.hidden_units must all be > 0, got {self.hidden_units}",
+        )
+        _check(
+            all(n > 0 for n in self.filters), f"model.filters must all be > 0, got {self.filters}"
+        )
+        _check(
+            self.family != Family.cnn or len(self.filters) > 0,
+            "model.filters must list at least one conv layer for family=cnn",
+        )
+        _check(self.kernel_size > 0, f"model.kernel_size must be > 0, got {self.kernel_size}")
+        _check(self.dense_units >= 0, f"model.dense_units must be >= 0, got {self.dense_units}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    early_stopping_patience: Optional[int] = None  # on validation loss; None trains all epochs
+    seed: int = 0
+    # YAML of hyperparameters (shaped like this config: model.*, train.*) merged over the
+    # config before training: how `train` takes what `tune` found.
+    hparams_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
+        _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
+        _check(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 0,
+            f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}",
+        )
+
+
+@dataclass
+class TrackingConfig:
+    # None: $MLFLOW_TRACKING_URI, else SQLite at the repository root (see pipeline.tracking).
+    uri: Optional[str] = None
+    log_model: bool = True
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    variant: str = "baseline"  # this model's name within its task: baseline, tuned, ...
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.dataset.name}/{self.variant}"
+
+
+def register() -> None:
+    """Make the schemas known to Hydra under the names that `conf/` refers to."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="fetch_schema", node=FetchConfig)
+    store.store(group="source", name="mnist_schema", node=MnistSource)
+    store.store(group="source", name="sign_digits_schema", node=SignDigitsSource)
+    store.store(group="source", name="circles_schema", node=CirclesSource)
+
+
+def load(cfg: DictConfig) -> Any:
+    """The composed config as checked dataclasses; a bad value raises ConfigError."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as error:  # OmegaConf wraps __post_init__ errors in its own
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(error).splitlines()[0]) from None
+
+
+def to_flat_dict(cfg: DictConfig) -> dict[str, Any]:
+    """`{"model.optimizer.lr": 0.01, ...}`: how the config goes to MLflow as params."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return flat

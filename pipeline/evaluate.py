@@ -1,0 +1,87 @@
+"""Stage evaluate: score one trained model on its task's test part, the first time it is read.
+
+    python -m pipeline.evaluate experiment=mnist/baseline
+
+Reads models/<task>/<variant>/ and data/split/<task>.npz; writes reports/<task>/<variant>/:
+metrics.json (DVC metrics), confusion.csv and learning_curve.csv (DVC plots), and figures/
+(classification report, PNGs). All of it also goes to the train stage's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from sklearn.metrics import accuracy_score, classification_report, log_loss, precision_recall_fscore_support
+
+from pipeline import config, models, plots, tracking
+from pipeline.cli import stage
+from pipeline.datasets import load_split
+from pipeline.errors import DataError
+from pipeline.files import atomic_output, write_json
+
+log = logging.getLogger(__name__)
+
+
+def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The headline numbers, under the same keys in metrics.json and in MLflow."""
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    return {
+        "test_accuracy": float(accuracy_score(y_true, y_pred)),
+        "test_loss": float(log_loss(y_true, probs, labels=np.arange(probs.shape[1]))),
+        "test_precision_macro": float(precision),
+        "test_recall_macro": float(recall),
+        "test_f1_macro": float(f1),
+    }
+
+
+@stage("config")
+def main(cfg: DictConfig) -> None:
+    settings: config.Config = config.load(cfg)
+    task, variant = settings.dataset.name, settings.variant
+    model_dir = Path(settings.paths.models) / task / variant
+    run_file = model_dir / "run.json"
+    if not run_file.exists():
+        raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
+    trained = json.loads(run_file.read_text())
+    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
+    data = load_split(split_file)
+    net = models.load(model_dir)
+
+    probs = models.predict_proba(net, data.x_test)
+    y_pred = probs.argmax(axis=1)
+    metrics = test_metrics(data.y_test, probs)
+    report = classification_report(data.y_test, y_pred, target_names=data.class_names, digits=4)
+    names = np.array(data.class_names)
+    confusion = pd.DataFrame({"actual": names[data.y_test], "predicted": names[y_pred]})
+    history = pd.read_csv(model_dir / "history.csv")
+
+    out = Path(settings.paths.reports) / task / variant
+    title = f"{settings.run_name}: test accuracy {metrics['test_accuracy']:.4f}"
+    with atomic_output(out / "figures") as figures:
+        figures.mkdir()
+        (figures / "classification_report.txt").write_text(report)
+        plots.learning_curves({variant: history}, figures / "learning_curves.png", settings.run_name)
+        plots.confusion_matrix(data.y_test, y_pred, data.class_names, figures / "confusion_matrix.png", title)
+        tracking.use_experiment(task, settings.tracking.uri)
+        with tracking.run(settings.run_name, {"evaluated": "true"}, run_id=trained["run_id"]):
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifacts(str(figures), "evaluation")
+        with atomic_output(out / "confusion.csv") as tmp:
+            confusion.to_csv(tmp, index=False)
+        with atomic_output(out / "learning_curve.csv") as tmp:
+            history.to_csv(tmp, index=False)
+        write_json(out / "metrics.json", {**metrics, "n_test": len(data.y_test)})
+    log.info("%s\n%s", json.dumps(metrics, indent=2), report)
+
+
+if __name__ == "__main__":
+    main()

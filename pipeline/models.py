@@ -1,0 +1,130 @@
+"""Models built from `ModelConfig`: the one place that turns config into Keras or scikit-learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Family, ModelConfig, Optimizer
+from pipeline.errors import ConfigError, DataError
+
+KERAS_FILE = "model.keras"
+SKLEARN_FILE = "model.joblib"
+
+
+def is_keras(model: ModelConfig) -> bool:
+    return model.family != Family.sklearn_logreg
+
+
+def is_keras_net(net: Any) -> bool:
+    return not hasattr(net, "predict_proba")
+
+
+def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> Any:
+    """A compiled Keras model. Two classes get one sigmoid unit, more get a softmax."""
+    import keras
+    from keras import layers
+
+    regularizer = keras.regularizers.L1L2(l1=model.l1, l2=model.l2) if model.l1 or model.l2 else None
+    weights = {
+        "kernel_initializer": model.initializer.value,
+        "kernel_regularizer": regularizer,
+    }
+    activation = model.activation.value
+
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    if model.family == Family.cnn:
+        if len(input_shape) != 3:
+            raise ConfigError(
+                f"model.family=cnn needs images, but the data has shape {input_shape}; "
+                "use model=mlp for feature vectors"
+            )
+        for filters in model.filters:
+            x = layers.Conv2D(filters, model.kernel_size, padding="same", activation=activation, **weights)(x)
+            x = layers.MaxPooling2D()(x)
+        x = layers.Flatten()(x)
+        hidden = [model.dense_units] if model.dense_units else []
+    else:
+        if len(input_shape) > 1:
+            x = layers.Flatten()(x)
+        hidden = model.hidden_units if model.family == Family.mlp else []
+    if model.family == Family.cnn and model.dropout:
+        x = layers.Dropout(model.dropout)(x)
+    for units in hidden:
+        x = layers.Dense(units, activation=activation, **weights)(x)
+        if model.dropout:
+            x = layers.Dropout(model.dropout)(x)
+    binary = n_classes == 2
+    outputs = layers.Dense(1 if binary else n_classes, activation="sigmoid" if binary else "softmax", **weights)(x)
+
+    net = keras.Model(inputs, outputs, name=model.family.value)
+    net.compile(
+        optimizer=build_optimizer(model),
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return net
+
+
+def build_optimizer(model: ModelConfig) -> Any:
+    import keras
+
+    lr = model.optimizer.lr
+    match model.optimizer.name:
+        case Optimizer.sgd:
+            return keras.optimizers.SGD(learning_rate=lr, momentum=model.optimizer.momentum)
+        case Optimizer.adam:
+            return keras.optimizers.Adam(learning_rate=lr)
+        case Optimizer.rmsprop:
+            return keras.optimizers.RMSprop(learning_rate=lr)
+        case Optimizer.adagrad:
+            return keras.optimizers.Adagrad(learning_rate=lr)
+
+
+def build_sklearn(model: ModelConfig, max_iter: int, seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    if model.l2 > 0:
+        return LogisticRegression(C=1.0 / model.l2, max_iter=max_iter, random_state=seed)
+    return LogisticRegression(penalty=None, max_iter=max_iter, random_state=seed)
+
+
+def predict_proba(net: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities, shape (n, n_classes), whatever kind of model `net` is."""
+    if not is_keras_net(net):
+        return net.predict_proba(x.reshape(len(x), -1))
+    probs = net.predict(x, verbose=0, batch_size=1024)
+    if probs.shape[1] == 1:  # one sigmoid unit: P(class 1)
+        return np.hstack([1 - probs, probs])
+    return probs
+
+
+def count_params(net: Any) -> int:
+    if is_keras_net(net):
+        return int(net.count_params())
+    return int(net.coef_.size + net.intercept_.size)
+
+
+def save(net: Any, folder: Path) -> None:
+    if is_keras_net(net):
+        net.save(folder / KERAS_FILE)
+    else:
+        import joblib
+
+        joblib.dump(net, folder / SKLEARN_FILE)
+
+
+def load(folder: Path) -> Any:
+    """The model `save` wrote into `folder`."""
+    if (folder / KERAS_FILE).exists():
+        import keras
+
+        return keras.saving.load_model(folder / KERAS_FILE)
+    if (folder / SKLEARN_FILE).exists():
+        import joblib
+
+        return joblib.load(folder / SKLEARN_FILE)
+    raise DataError(f"{folder}: holds no trained model; run the train stage first")

@@ -1,0 +1,111 @@
+"""MLflow: which store runs go to, the tags every run carries, and runs that end with the stage.
+
+A run that raises ends FAILED (with the reason as the `failure_reason` tag), one interrupted by
+Ctrl-C or SIGTERM ends KILLED; none is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from pipeline.files import sha256_of
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def repo_root() -> Path:
+    """The repository the stages run in (stages always start at its root)."""
+    cwd = Path.cwd().resolve()
+    # `dvc exp run --temp/--queue` runs stages in a copy under <repo>/.dvc/tmp/exps/; their runs
+    # belong in the repository's store, not in one deleted with the copy.
+    if ".dvc" in cwd.parts:
+        return Path(*cwd.parts[: cwd.parts.index(".dvc")])
+    return cwd
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    if configured:
+        return configured
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
+    """Point MLflow at the store and experiment; a new local experiment keeps its artifacts
+    under <repo>/mlartifacts, an absolute path, wherever the stage runs from."""
+    uri = tracking_uri(configured_uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            location = (repo_root() / ARTIFACTS_FOLDER / experiment).as_uri()
+        try:
+            mlflow.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by another process
+    mlflow.set_experiment(experiment)
+
+
+@contextmanager
+def run(name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run (a new one, or `run_id` resumed) that ends with the block's outcome."""
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.set_tag("failure_reason", "interrupted")
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        mlflow.set_tag("failure_reason", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run()
+
+
+def context_tags(stage: str, data_files: dict[str, Path]) -> dict[str, str]:
+    """Where a run came from: code version, data versions, DVC experiment, Hydra sweep."""
+    tags = {"stage": stage, "git_commit": git_commit()}
+    for name, path in data_files.items():
+        tags[f"data.{name}.sha256"] = sha256_of(path)
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags.update(hydra_sweep_tags())
+    return tags
+
+
+def hydra_sweep_tags() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return {}
+    # The sweep folder's name (its start time) is what every job of one sweep shares.
+    return {"hydra_sweep_id": Path(hydra.sweep.dir).name, "hydra_job_num": str(hydra.job.num)}
+
+
+def git_commit() -> str:
+    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, cwd=repo_root()
+    ).stdout.strip()

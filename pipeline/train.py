@@ -1,0 +1,168 @@
+"""Stage train: fit one model on one task's training part, every epoch recorded in MLflow.
+
+    python -m pipeline.train experiment=mnist/baseline
+    python -m pipeline.train -m dataset=circles model.optimizer.lr=0.001,0.01
+
+Reads data/split/<task>.npz, writes models/<task>/<variant>/ (the model, its per-epoch history
+and run.json, which names the MLflow run that `evaluate` completes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import accuracy_score, log_loss
+
+from pipeline import config, models, tracking
+from pipeline.cli import stage
+from pipeline.datasets import Split, load_split
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.files import atomic_output, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fitted:
+    net: Any
+    history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
+    seconds: float
+
+
+def with_hparams(cfg: DictConfig) -> DictConfig:
+    """The config with `train.hparams_file` (what `tune` found) merged over it."""
+    path = cfg.train.hparams_file
+    if not path:
+        return cfg
+    if not Path(path).exists():
+        raise ConfigError(f"train.hparams_file: {path} does not exist; run the tune stage first")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.load(path))
+    except Exception as error:
+        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+
+
+def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:
+    import keras
+
+    keras.utils.set_random_seed(settings.train.seed)
+    net = models.build_keras(settings.model, data.input_shape, data.n_classes)
+    callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    if settings.train.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                patience=settings.train.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    start = time.perf_counter()
+    result = net.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=settings.train.epochs,
+        batch_size=settings.train.batch_size,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    history = pd.DataFrame(result.history)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    losses = history["loss"].to_numpy()
+    if not np.all(np.isfinite(losses)):
+        epoch = int(np.argmin(np.isfinite(losses))) + 1
+        raise TrainingError(
+            f"loss became NaN at epoch {epoch}; lower model.optimizer.lr "
+            f"(now {settings.model.optimizer.lr}) or add regularisation"
+        )
+    return Fitted(net, history, seconds)
+
+
+def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
+    net = models.build_sklearn(settings.model, settings.train.epochs, settings.train.seed)
+    flat = {part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))}
+    start = time.perf_counter()
+    net.fit(flat["train"], data.y_train)
+    seconds = time.perf_counter() - start
+    # One row: the solver's final state, in the same columns as a Keras history.
+    row = {"epoch": int(np.max(net.n_iter_))}
+    for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
+        row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)
+        row[f"{prefix}accuracy"] = accuracy_score(y, net.predict(x))
+    mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"])
+    return Fitted(net, pd.DataFrame([row]), seconds)
+
+
+def log_model(net: Any) -> None:
+    # Pinned requirements: letting MLflow infer them costs seconds of subprocess per run.
+    from importlib.metadata import version
+
+    if models.is_keras_net(net):
+        import mlflow.keras
+
+        requirements = [f"keras=={version('keras')}", f"tensorflow-cpu=={version('tensorflow-cpu')}"]
+        mlflow.keras.log_model(net, name="model", pip_requirements=requirements)
+    else:
+        import mlflow.sklearn
+
+        mlflow.sklearn.log_model(
+            net, name="model", pip_requirements=[f"scikit-learn=={version('scikit-learn')}"]
+        )
+
+
+@stage("config")
+def main(cfg: DictConfig) -> None:
+    cfg = with_hparams(cfg)
+    settings: config.Config = config.load(cfg)
+    task = settings.dataset.name
+    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
+    data = load_split(split_file)
+    out_dir = Path(settings.paths.models) / task / settings.variant
+
+    tracking.use_experiment(task, settings.tracking.uri)
+    tags = {
+        "task": task,
+        "variant": settings.variant,
+        "model_family": settings.model.family.value,
+        **tracking.context_tags("train", {"split": split_file}),
+    }
+    with tracking.run(settings.run_name, tags) as active:
+        mlflow.log_params(config.to_flat_dict(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        if data.label_errata_changed is not None:
+            mlflow.log_param("data.label_errata_changed", data.label_errata_changed)
+
+        if models.is_keras(settings.model):
+            from mlflow.keras import MlflowCallback
+
+            fitted = fit_keras(settings, data, [MlflowCallback()])
+        else:
+            fitted = fit_sklearn(settings, data)
+        summary = {
+            "run_id": active.info.run_id,
+            "experiment_id": active.info.experiment_id,
+            "param_count": models.count_params(fitted.net),
+            "epochs_trained": int(fitted.history["epoch"].iloc[-1]),
+            "train_seconds": round(fitted.seconds, 3),
+        }
+        mlflow.log_metrics({key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")})
+        if settings.tracking.log_model:
+            log_model(fitted.net)
+
+        with atomic_output(out_dir) as tmp:
+            tmp.mkdir()
+            models.save(fitted.net, tmp)
+            fitted.history.to_csv(tmp / "history.csv", index=False)
+            write_json(tmp / "run.json", summary)
+    log.info("%s: %s", out_dir, summary)
+
+
+if __name__ == "__main__":
+    main()
