@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import config
 from pipeline.errors import PipelineError
@@ -24,19 +27,46 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def one_line(error: BaseException) -> str:
+    """The first line of an error and of its cause: Hydra's and OmegaConf's messages go on for
+    lines of internals (reference_type, object_type) after the one that names the bad value."""
+    lines = [str(error).strip().splitlines()[0].rstrip(".")]
+    if error.__cause__ is not None and str(error.__cause__).strip():
+        lines.append(str(error.__cause__).strip().splitlines()[0])
+    return ": ".join(lines)
+
+
 def stage(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
     """Turn `run(cfg)` into a Hydra command-line entry point reading conf/<config_name>.yaml."""
     config.register()
 
     def decorate(run: Callable[[DictConfig], None]) -> Callable[[], None]:
+        failures: list[str] = []
+
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
-        @functools.wraps(run)
-        def main(cfg: DictConfig) -> None:
+        def hydra_main(cfg: DictConfig) -> None:
             signal.signal(signal.SIGTERM, _interrupt)
             try:
                 run(cfg)
             except PipelineError as error:
+                # Reported here, not raised, so one failed job of a -m sweep (a diverging
+                # learning rate) does not cancel the jobs after it.
                 print(f"error: {error}", file=sys.stderr)
+                failures.append(str(error))
+
+        @functools.wraps(run)
+        def main() -> None:
+            wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
+            # Makes Hydra raise a config error instead of printing its own multi-line report.
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                hydra_main()
+            except (HydraException, OmegaConfBaseException) as error:
+                if wants_traceback:
+                    raise
+                print(f"error: {one_line(error)}", file=sys.stderr)
+                sys.exit(1)
+            if failures:
                 sys.exit(1)
 
         return main

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -120,7 +120,7 @@ class PathsConfig:
 class FetchConfig:
     source: Any = MISSING
     # A folder laid out like ../shared/datasets; when set, files come from it, not the network.
-    mirror: Optional[str] = None
+    mirror: str | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -146,7 +146,7 @@ class SplitConfig:
 class DatasetConfig:
     name: str = MISSING  # the task: names the outputs, the MLflow experiment and the reports
     source: str = MISSING  # which fetched data set (data/raw/<source>.npz) it reads
-    classes: Optional[list[int]] = None  # keep only these labels, renumbered 0..k-1
+    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1
     standardize: bool = False  # fitted on the training part only
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -173,7 +173,8 @@ class OptimizerConfig:
             f"model.optimizer.lr must be > 0, got {self.lr}",
         )
         _check(
-            0 <= self.momentum < 1, f"model.optimizer.momentum must be in [0, 1), got {self.momentum}"
+            0 <= self.momentum < 1,
+            f"model.optimizer.momentum must be in [0, 1), got {self.momentum}",
         )
 
 
@@ -214,11 +215,11 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
-    early_stopping_patience: Optional[int] = None  # on validation loss; None trains all epochs
+    early_stopping_patience: int | None = None  # on validation loss; None trains all epochs
     seed: int = 0
     # YAML of hyperparameters (shaped like this config: model.*, train.*) merged over the
     # config before training: how `train` takes what `tune` found.
-    hparams_file: Optional[str] = None
+    hparams_file: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
@@ -232,7 +233,7 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI, else SQLite at the repository root (see pipeline.tracking).
-    uri: Optional[str] = None
+    uri: str | None = None
     log_model: bool = True
 
 

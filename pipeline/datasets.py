@@ -59,15 +59,23 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as error:
-        raise DataError(f"{path}: not a valid gzip file ({error}); delete it and fetch again")
-    magic, count = struct.unpack(">II", raw[:8]) if len(raw) >= 8 else (0, 0)
+        raise DataError(
+            f"{path}: not a valid gzip file ({error}); delete it and fetch again"
+        ) from None
+    magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else 0
     if magic not in IDX_MAGIC:
         raise DataError(f"{path}: not an IDX file (magic {magic}, expected 2049 or 2051)")
-    ndim = IDX_MAGIC[magic]
-    shape = (count, *struct.unpack(f">{ndim - 1}I", raw[8 : 4 + 4 * ndim]))
-    offset = 4 + 4 * ndim
+    offset = 4 + 4 * IDX_MAGIC[magic]  # magic, then one 32-bit size per dimension
+    if len(raw) < offset:
+        raise DataError(
+            f"{path}: IDX header cut short ({len(raw)} bytes); delete it and fetch again"
+        )
+    shape = struct.unpack(f">{IDX_MAGIC[magic]}I", raw[4:offset])
     if len(raw) - offset != int(np.prod(shape)):
-        raise DataError(f"{path}: holds {len(raw) - offset} bytes of data, shape {shape} needs more")
+        raise DataError(
+            f"{path}: holds {len(raw) - offset} bytes of data, shape {shape} needs "
+            f"{int(np.prod(shape))}; delete it and fetch again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -79,9 +87,15 @@ def fetch_sign_digits(
 ) -> dict[str, np.ndarray]:
     if mirror is not None:
         files = _sign_files_from_folder(mirror / MIRROR_FOLDERS["sign_digits"] / "Dataset")
+        _verify_content(files, source.content_sha256, origin=str(mirror))
     else:
-        files = _sign_files_from_archive(source, downloads / "sign_digits" / "archive.zip")
-    _verify_content(files, source.content_sha256, origin=str(mirror or source.archive_url))
+        archive = downloads / "sign_digits" / "archive.zip"
+        files = _sign_files_from_archive(source, archive)
+        try:
+            _verify_content(files, source.content_sha256, origin=source.archive_url)
+        except DataError:
+            archive.unlink()  # so that fetching again downloads it anew
+            raise
     names = sorted(files)
     labels = np.array([int(name.split("/")[0]) for name in names], dtype=np.uint8)
     changed = 0
@@ -112,8 +126,14 @@ def _sign_files_from_archive(source: SignDigitsSource, archive: Path) -> dict[st
     # GitHub builds the archive anew on request, so its bytes cannot be pinned: the download is
     # kept only if its images match content_sha256 (checked by the caller).
     if not archive.exists():
-        with atomic_output(archive) as tmp:
-            download(source.archive_url, tmp)
+        try:
+            with atomic_output(archive) as tmp:
+                download(source.archive_url, tmp)
+        except DataError as error:
+            raise DataError(
+                f"sign_digits archive: {error}; check the network, or set PIPELINE_DATA_MIRROR "
+                "to a folder holding sign_language_digits/Dataset/"
+            ) from None
     prefix = f"{source.archive_folder}/Dataset/"
     try:
         with zipfile.ZipFile(archive) as bundle:
@@ -124,7 +144,9 @@ def _sign_files_from_archive(source: SignDigitsSource, archive: Path) -> dict[st
             }
     except zipfile.BadZipFile as error:
         archive.unlink()
-        raise DataError(f"{source.archive_url}: not a valid zip ({error}); run fetch again")
+        raise DataError(
+            f"{source.archive_url}: not a valid zip ({error}); run fetch again"
+        ) from None
 
 
 def _verify_content(files: dict[str, bytes], expected: str, origin: str) -> None:
@@ -136,8 +158,9 @@ def _verify_content(files: dict[str, bytes], expected: str, origin: str) -> None
     actual = hashlib.sha256(lines.encode()).hexdigest()
     if actual != expected:
         raise DataError(
-            f"{origin}: the {len(files)} images have content SHA-256 {actual}, expected {expected}; "
-            "the copy is incomplete or altered, fetch it again from the pinned commit"
+            f"{origin}: the {len(files)} images have content SHA-256 {actual}, "
+            f"expected {expected}; "
+            "the copy is incomplete or altered; fetch it again from the pinned commit"
         )
 
 
@@ -202,7 +225,9 @@ def load_split(path: str | Path) -> Split:
         if arrays[key].ndim == 3:  # grayscale images get their channel axis
             arrays[key] = arrays[key][..., np.newaxis]
     return Split(
-        **{key: arrays[key] for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")},
+        **{
+            key: arrays[key] for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        },
         class_names=[str(name) for name in arrays["class_names"]],
         label_errata_changed=(
             int(arrays["label_errata_changed"]) if "label_errata_changed" in arrays else None

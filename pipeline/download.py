@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,7 +33,13 @@ def fetch_verified(
             )
         with atomic_output(dest) as tmp:
             shutil.copyfile(mirror_file, tmp)
-            _verify(name, tmp, sha256, str(mirror_file))
+            _verify(
+                name,
+                tmp,
+                sha256,
+                str(mirror_file),
+                fix="replace the mirror's copy with a verified one, or unset PIPELINE_DATA_MIRROR",
+            )
         return dest
     problems = []
     for base in urls:
@@ -42,7 +47,7 @@ def fetch_verified(
         try:
             with atomic_output(dest) as tmp:
                 download(url, tmp)
-                _verify(name, tmp, sha256, url)
+                _verify(name, tmp, sha256, url, fix="")
             return dest
         except DataError as error:
             problems.append(str(error))
@@ -66,17 +71,17 @@ def download(url: str, dest: Path) -> None:
             f"{url} was truncated: received {len(error.partial)} bytes "
             f"then the connection closed ({error.expected} more expected)"
         ) from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DataError(f"{url} is unreachable ({reason})") from None
     if expected is not None and received != int(expected):
         raise DataError(f"{url} was truncated: received {received} of {expected} bytes")
 
 
-def _verify(name: str, path: Path, sha256: str, origin: str) -> None:
+def _verify(name: str, path: Path, sha256: str, origin: str, fix: str) -> None:
     actual = sha256_of(path)
     if actual != sha256:
         raise DataError(
             f"{origin} has SHA-256 {actual}, expected {sha256} for {name} "
-            "(corrupt or different file)"
+            f"(corrupt or different file){'; ' + fix if fix else ''}"
         )

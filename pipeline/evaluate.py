@@ -17,7 +17,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
-from sklearn.metrics import accuracy_score, classification_report, log_loss, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 from pipeline import config, models, plots, tracking
 from pipeline.cli import stage
@@ -69,8 +74,12 @@ def main(cfg: DictConfig) -> None:
     with atomic_output(out / "figures") as figures:
         figures.mkdir()
         (figures / "classification_report.txt").write_text(report)
-        plots.learning_curves({variant: history}, figures / "learning_curves.png", settings.run_name)
-        plots.confusion_matrix(data.y_test, y_pred, data.class_names, figures / "confusion_matrix.png", title)
+        plots.learning_curves(
+            {variant: history}, figures / "learning_curves.png", settings.run_name
+        )
+        plots.confusion_matrix(
+            data.y_test, y_pred, data.class_names, figures / "confusion_matrix.png", title
+        )
         tracking.use_experiment(task, settings.tracking.uri)
         with tracking.run(settings.run_name, {"evaluated": "true"}, run_id=trained["run_id"]):
             mlflow.log_metrics(metrics)

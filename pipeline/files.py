@@ -1,4 +1,4 @@
-"""Atomic writes: an output appears whole or not at all, so a failed stage leaves nothing half-written."""
+"""Atomic writes: an output appears whole or not at all, never half-written by a failed stage."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (file or folder) that replaces it if the block succeeds."""
+    """A temporary path beside `path` (file or folder); it becomes `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

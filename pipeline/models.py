@@ -27,7 +27,9 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
     import keras
     from keras import layers
 
-    regularizer = keras.regularizers.L1L2(l1=model.l1, l2=model.l2) if model.l1 or model.l2 else None
+    regularizer = (
+        keras.regularizers.L1L2(l1=model.l1, l2=model.l2) if model.l1 or model.l2 else None
+    )
     weights = {
         "kernel_initializer": model.initializer.value,
         "kernel_regularizer": regularizer,
@@ -43,7 +45,9 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
                 "use model=mlp for feature vectors"
             )
         for filters in model.filters:
-            x = layers.Conv2D(filters, model.kernel_size, padding="same", activation=activation, **weights)(x)
+            x = layers.Conv2D(
+                filters, model.kernel_size, padding="same", activation=activation, **weights
+            )(x)
             x = layers.MaxPooling2D()(x)
         x = layers.Flatten()(x)
         hidden = [model.dense_units] if model.dense_units else []
@@ -58,7 +62,9 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
         if model.dropout:
             x = layers.Dropout(model.dropout)(x)
     binary = n_classes == 2
-    outputs = layers.Dense(1 if binary else n_classes, activation="sigmoid" if binary else "softmax", **weights)(x)
+    outputs = layers.Dense(
+        1 if binary else n_classes, activation="sigmoid" if binary else "softmax", **weights
+    )(x)
 
     net = keras.Model(inputs, outputs, name=model.family.value)
     net.compile(

@@ -22,7 +22,13 @@ def learning_curves(histories: dict[str, pd.DataFrame], path: Path, title: str) 
     for (label, history), colour in zip(histories.items(), plt.cm.tab10.colors, strict=False):
         for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
             ax.plot(history["epoch"], history[metric], color=colour, label=f"{label} train")
-            ax.plot(history["epoch"], history[f"val_{metric}"], "--", color=colour, label=f"{label} validation")
+            ax.plot(
+                history["epoch"],
+                history[f"val_{metric}"],
+                "--",
+                color=colour,
+                label=f"{label} validation",
+            )
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
@@ -31,7 +37,9 @@ def learning_curves(histories: dict[str, pd.DataFrame], path: Path, title: str) 
     _save(fig, path)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], path: Path, title: str
+) -> None:
     fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(class_names), 1 + 0.6 * len(class_names)))
     ConfusionMatrixDisplay.from_predictions(
         y_true, y_pred, display_labels=class_names, ax=ax, colorbar=False, cmap="Blues"

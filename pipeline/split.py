@@ -69,8 +69,13 @@ def standardize(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     mean = parts["x_train"].mean(axis=0)
     std = parts["x_train"].std(axis=0)
     std[std == 0] = 1.0
-    scaled = {key: (value - mean) / std if key.startswith("x_") else value for key, value in parts.items()}
-    return {key: value.astype(np.float32) if key.startswith("x_") else value for key, value in scaled.items()}
+    scaled = {
+        key: (value - mean) / std if key.startswith("x_") else value for key, value in parts.items()
+    }
+    return {
+        key: value.astype(np.float32) if key.startswith("x_") else value
+        for key, value in scaled.items()
+    }
 
 
 @stage("config")

@@ -6,6 +6,7 @@ Ctrl-C or SIGTERM ends KILLED; none is left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -47,10 +48,9 @@ def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
         location = None
         if uri.startswith("sqlite:") or uri.startswith("file:"):
             location = (repo_root() / ARTIFACTS_FOLDER / experiment).as_uri()
-        try:
+        # Another process may create it first: then it exists, which is all that is needed.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.create_experiment(experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            pass  # created meanwhile by another process
     mlflow.set_experiment(experiment)
 
 

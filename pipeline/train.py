@@ -87,7 +87,9 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
 
 def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     net = models.build_sklearn(settings.model, settings.train.epochs, settings.train.seed)
-    flat = {part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))}
+    flat = {
+        part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))
+    }
     start = time.perf_counter()
     net.fit(flat["train"], data.y_train)
     seconds = time.perf_counter() - start
@@ -96,7 +98,9 @@ def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
         row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)
         row[f"{prefix}accuracy"] = accuracy_score(y, net.predict(x))
-    mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"])
+    mlflow.log_metrics(
+        {key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"]
+    )
     return Fitted(net, pd.DataFrame([row]), seconds)
 
 
@@ -107,7 +111,10 @@ def log_model(net: Any) -> None:
     if models.is_keras_net(net):
         import mlflow.keras
 
-        requirements = [f"keras=={version('keras')}", f"tensorflow-cpu=={version('tensorflow-cpu')}"]
+        requirements = [
+            f"keras=={version('keras')}",
+            f"tensorflow-cpu=={version('tensorflow-cpu')}",
+        ]
         mlflow.keras.log_model(net, name="model", pip_requirements=requirements)
     else:
         import mlflow.sklearn
@@ -152,7 +159,9 @@ def main(cfg: DictConfig) -> None:
             "epochs_trained": int(fitted.history["epoch"].iloc[-1]),
             "train_seconds": round(fitted.seconds, 3),
         }
-        mlflow.log_metrics({key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")})
+        mlflow.log_metrics(
+            {key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")}
+        )
         if settings.tracking.log_model:
             log_model(fitted.net)
 

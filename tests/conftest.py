@@ -1,0 +1,79 @@
+"""Shared fixtures: a throwaway copy of the project to run real stages in, and its MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment a stage runs in: no tracking URI or mirror leaking in from the caller."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR", "DVC_EXP_NAME")
+    }
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline definition (conf/, dvc.yaml, the package) to run in."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("conf", "pipeline"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    return repo
+
+
+@pytest.fixture
+def run_stage(project: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m pipeline.<stage> <overrides>` in the project copy, as DVC would."""
+
+    def run(
+        stage: str, *overrides: str, check: bool = True, **env: str
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", f"pipeline.{stage}", *overrides],
+            cwd=project,
+            env=stage_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"{stage} {overrides} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    return run
+
+
+@pytest.fixture
+def circles_split(run_stage: Callable[..., subprocess.CompletedProcess], project: Path) -> Path:
+    """data/split/circles.npz made by the real fetch and split stages."""
+    run_stage("fetch", "source=circles")
+    run_stage("split", "dataset=circles")
+    return project / "data" / "split" / "circles.npz"
+
+
+def mlflow_client(repo: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, max_results=1000)

@@ -1,0 +1,197 @@
+"""split_parts, keep_classes and standardize: the functions that decide which sample lands where.
+
+Samples are their own ids (x = arange(n)), so a test can follow every sample into its part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import SplitConfig
+from pipeline.errors import DataError
+from pipeline.split import keep_classes, split_parts, standardize
+
+PARTS = ("train", "val", "test")
+
+
+def imbalanced_labels(seed: int = 0) -> np.ndarray:
+    """500 labels in 4 classes of very different sizes, shuffled."""
+    counts = {0: 300, 1: 120, 2: 60, 3: 20}
+    labels = np.concatenate([np.full(count, label) for label, count in counts.items()])
+    return np.random.default_rng(seed).permutation(labels).astype(np.uint8)
+
+
+def ids_and_labels(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    y = imbalanced_labels(seed)
+    return np.arange(len(y)), y
+
+
+def part_ids(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {part: parts[f"x_{part}"] for part in PARTS}
+
+
+def test_parts_are_disjoint_and_complete() -> None:
+    x, y = ids_and_labels()
+
+    parts = split_parts(x, y, SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=0))
+
+    ids = part_ids(parts)
+    everything = np.concatenate(list(ids.values()))
+    assert len(everything) == len(x)
+    assert len(np.unique(everything)) == len(x)
+    np.testing.assert_array_equal(np.sort(everything), x)
+
+
+def test_labels_travel_with_their_samples() -> None:
+    x, y = ids_and_labels()
+
+    parts = split_parts(x, y, SplitConfig(seed=3))
+
+    for part in PARTS:
+        np.testing.assert_array_equal(parts[f"y_{part}"], y[parts[f"x_{part}"]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize(("val_fraction", "test_fraction"), [(0.1, 0.2), (0.15, 0.3), (0.2, 0.1)])
+def test_parts_are_stratified(seed: int, val_fraction: float, test_fraction: float) -> None:
+    x, y = ids_and_labels()
+    whole = np.bincount(y) / len(y)
+
+    parts = split_parts(x, y, SplitConfig(val_fraction, test_fraction, seed))
+
+    for part in PARTS:
+        labels = parts[f"y_{part}"]
+        counts = np.bincount(labels, minlength=len(whole))
+        # Whole samples cannot match a proportion exactly; one off is the best possible.
+        np.testing.assert_array_less(np.abs(counts - whole * len(labels)), 1 + 1e-9)
+
+
+@pytest.mark.parametrize(("val_fraction", "test_fraction"), [(0.1, 0.2), (0.15, 0.3), (0.2, 0.1)])
+def test_part_sizes_follow_the_fractions(val_fraction: float, test_fraction: float) -> None:
+    x, y = ids_and_labels()
+    n = len(x)
+
+    parts = split_parts(x, y, SplitConfig(val_fraction, test_fraction, seed=0))
+
+    assert abs(len(parts["x_test"]) - test_fraction * n) <= 1
+    # val_fraction is a fraction of the whole, not of what the test part leaves.
+    assert abs(len(parts["x_val"]) - val_fraction * n) <= 1
+    assert abs(len(parts["x_train"]) - (1 - val_fraction - test_fraction) * n) <= 1
+
+
+def test_same_seed_same_parts_other_seed_other_parts() -> None:
+    x, y = ids_and_labels()
+
+    first = split_parts(x, y, SplitConfig(seed=5))
+    again = split_parts(x, y, SplitConfig(seed=5))
+    other = split_parts(x, y, SplitConfig(seed=6))
+
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+    for part in PARTS:
+        assert not np.array_equal(np.sort(first[f"x_{part}"]), np.sort(other[f"x_{part}"])), part
+
+
+def test_a_given_test_set_is_kept_and_val_comes_from_the_rest() -> None:
+    x, y = ids_and_labels()
+    x_test = np.arange(1000, 1040)
+    y_test = np.tile(np.arange(4, dtype=np.uint8), 10)
+
+    parts = split_parts(x, y, SplitConfig(val_fraction=0.1, test_fraction=0.2), (x_test, y_test))
+
+    np.testing.assert_array_equal(parts["x_test"], x_test)
+    np.testing.assert_array_equal(parts["y_test"], y_test)
+    train_and_val = np.concatenate([parts["x_train"], parts["x_val"]])
+    np.testing.assert_array_equal(np.sort(train_and_val), x)
+    # test_fraction does not apply: val is val_fraction of the data given, the rest is train.
+    assert abs(len(parts["x_val"]) - 0.1 * len(x)) <= 1
+    whole = np.bincount(y) / len(y)
+    counts = np.bincount(parts["y_val"], minlength=4)
+    np.testing.assert_array_less(np.abs(counts - whole * len(parts["y_val"])), 1 + 1e-9)
+
+
+def test_keep_classes_relabels_in_the_order_given() -> None:
+    x = np.arange(10)
+    y = np.array([0, 1, 2, 3, 1, 2, 3, 0, 2, 3], dtype=np.uint8)
+
+    kept_x, kept_y = keep_classes(x, y, [3, 1])
+
+    np.testing.assert_array_equal(kept_x, [1, 3, 4, 6, 9])
+    np.testing.assert_array_equal(kept_y, [1, 0, 1, 0, 0])
+    assert kept_y.dtype == np.uint8
+
+
+def test_keep_classes_keeps_images_whole() -> None:
+    x = np.arange(6 * 2 * 2).reshape(6, 2, 2)
+    y = np.array([5, 7, 5, 9, 7, 5])
+
+    kept_x, kept_y = keep_classes(x, y, [5, 7])
+
+    np.testing.assert_array_equal(kept_x, x[[0, 1, 2, 4, 5]])
+    np.testing.assert_array_equal(kept_y, [0, 1, 0, 1, 0])
+
+
+def test_keep_classes_rejects_a_label_not_in_the_data() -> None:
+    y = np.array([0, 1, 2, 0, 1], dtype=np.uint8)
+
+    with pytest.raises(DataError, match=r"\[7\]"):
+        keep_classes(np.arange(5), y, [0, 7])
+
+
+def scaled_parts(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Three features on very different scales; val and test far from the training mean."""
+    scale = np.array([1.0, 10.0, 0.01])
+    return {
+        "x_train": (rng.normal(5.0, 2.0, size=(400, 3)) * scale).astype(np.float32),
+        "y_train": rng.integers(0, 3, 400).astype(np.uint8),
+        "x_val": (rng.normal(50.0, 2.0, size=(100, 3)) * scale).astype(np.float32),
+        "y_val": rng.integers(0, 3, 100).astype(np.uint8),
+        "x_test": (rng.normal(-20.0, 9.0, size=(100, 3)) * scale).astype(np.float32),
+        "y_test": rng.integers(0, 3, 100).astype(np.uint8),
+    }
+
+
+def test_standardize_fits_on_the_training_part_only() -> None:
+    parts = scaled_parts(np.random.default_rng(0))
+    train = parts["x_train"].astype(np.float64)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+
+    scaled = standardize(parts)
+
+    np.testing.assert_allclose(scaled["x_train"].mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(scaled["x_train"].std(axis=0), 1, rtol=1e-4)
+    for part in ("val", "test"):
+        original = parts[f"x_{part}"].astype(np.float64)
+        np.testing.assert_allclose(
+            scaled[f"x_{part}"].mean(axis=0), (original.mean(axis=0) - mean) / std, rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            scaled[f"x_{part}"].std(axis=0), original.std(axis=0) / std, rtol=1e-4
+        )
+    # Val was built around 10x the training mean: had it been fitted on its own, it would be ~0.
+    assert np.all(scaled["x_val"].mean(axis=0) > 10)
+    assert all(scaled[f"x_{part}"].dtype == np.float32 for part in PARTS)
+
+
+def test_standardize_leaves_labels_alone() -> None:
+    parts = scaled_parts(np.random.default_rng(1))
+    labels = {key: value.copy() for key, value in parts.items() if key.startswith("y_")}
+
+    scaled = standardize(parts)
+
+    for key, value in labels.items():
+        np.testing.assert_array_equal(scaled[key], value)
+        assert scaled[key].dtype == value.dtype
+
+
+def test_standardize_keeps_a_constant_feature_finite() -> None:
+    # Image borders are constant across MNIST's training part: std 0 must not divide by zero.
+    parts = scaled_parts(np.random.default_rng(2))
+    parts["x_train"][:, 1] = 7.0
+
+    scaled = standardize(parts)
+
+    for part in PARTS:
+        assert np.all(np.isfinite(scaled[f"x_{part}"]))
+    np.testing.assert_allclose(scaled["x_train"][:, 1], 0)

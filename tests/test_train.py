@@ -1,0 +1,98 @@
+"""Real training runs on make_circles, recorded in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import all_runs, mlflow_client
+
+
+def test_train_and_evaluate_record_one_complete_mlflow_run(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("train", "experiment=circles/baseline", "train.epochs=3")
+    run_stage("evaluate", "experiment=circles/baseline")
+
+    summary = json.loads((project / "models/circles/baseline/run.json").read_text())
+    client = mlflow_client(project)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "circles/baseline"
+    assert run.data.params["model.hidden_units"] == "[8, 8]"
+    assert run.data.params["model.optimizer.name"] == "adam"
+    assert run.data.params["train.epochs"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+    tags = run.data.tags
+    assert tags["task"] == "circles" and tags["variant"] == "baseline"
+    assert len(tags["data.split.sha256"]) == 64
+    assert tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "evaluation"} <= artifacts
+    evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in evaluation
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+
+    metrics = json.loads((project / "reports/circles/baseline/metrics.json").read_text())
+    assert metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
+    assert set(metrics) >= {
+        "test_accuracy",
+        "test_loss",
+        "test_precision_macro",
+        "test_recall_macro",
+        "test_f1_macro",
+    }
+
+
+def test_same_seed_gives_the_same_model(run_stage, circles_split: Path, project: Path) -> None:
+    histories = []
+    for _ in range(2):
+        run_stage(
+            "train", "experiment=circles/baseline", "train.epochs=3", "tracking.log_model=false"
+        )
+        histories.append((project / "models/circles/baseline/history.csv").read_text())
+    assert histories[0] == histories[1]
+
+
+def test_a_nan_loss_fails_the_run_with_the_reason(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    result = run_stage(
+        "train",
+        "experiment=circles/baseline",
+        "model.activation=relu",
+        "model.optimizer.name=sgd",
+        "model.optimizer.lr=1e30",
+        "train.epochs=5",
+        check=False,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss became NaN at epoch") and "model.optimizer.lr" in last
+    (run,) = all_runs(mlflow_client(project))
+    assert run.info.status == "FAILED"
+    assert "NaN" in run.data.tags["failure_reason"]
+    assert not (project / "models/circles/baseline").exists(), "a failed run leaves no model behind"
+
+
+@pytest.mark.slow
+def test_hydra_multirun_gives_one_run_per_job_grouped_by_sweep(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    result = run_stage(
+        "train",
+        "-m",
+        "dataset=circles",
+        "model.optimizer.lr=0.001,0.01",
+        "train.epochs=2",
+        "tracking.log_model=false",
+    )
+    assert "#1 : dataset=circles model.optimizer.lr=0.01" in result.stdout + result.stderr
+    runs = all_runs(mlflow_client(project))
+    assert len(runs) == 2
+    assert {r.data.params["model.optimizer.lr"] for r in runs} == {"0.001", "0.01"}
+    assert len({r.data.tags["hydra_sweep_id"] for r in runs}) == 1
+    assert {r.data.tags["hydra_job_num"] for r in runs} == {"0", "1"}
+    assert all(r.info.status == "FINISHED" for r in runs)
