@@ -33,17 +33,23 @@ def split_parts(
     """Stratified parts of (x, y). `test`: a test set that comes with the source and is kept;
     otherwise `test_fraction` of the data becomes the test part. `val_fraction` is always a
     fraction of the whole."""
-    if test is None:
-        x, x_test, y, y_test = train_test_split(
-            x, y, test_size=split.test_fraction, stratify=y, random_state=split.seed
+    try:
+        if test is None:
+            x, x_test, y, y_test = train_test_split(
+                x, y, test_size=split.test_fraction, stratify=y, random_state=split.seed
+            )
+            val_size = split.val_fraction / (1 - split.test_fraction)
+        else:
+            x_test, y_test = test
+            val_size = split.val_fraction
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=val_size, stratify=y, random_state=split.seed
         )
-        val_size = split.val_fraction / (1 - split.test_fraction)
-    else:
-        x_test, y_test = test
-        val_size = split.val_fraction
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=val_size, stratify=y, random_state=split.seed
-    )
+    except ValueError as error:  # a part too small to hold every class
+        raise DataError(
+            f"dataset.split: cannot split {len(y)} samples ({error}); "
+            "raise val_fraction/test_fraction or use more data"
+        ) from None
     return {
         "x_train": x_train,
         "y_train": y_train,

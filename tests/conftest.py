@@ -22,6 +22,8 @@ def stage_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR", "DVC_EXP_NAME")
     }
+    # The environment's own dvc and python come first, however pytest was started.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
     return env
 

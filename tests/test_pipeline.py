@@ -1,0 +1,108 @@
+"""The whole pipeline, for real: `dvc repro` in a temporary git repository on tiny data sets."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import all_runs, mlflow_client, stage_env
+from tiny_data import write_mnist_mirror, write_sign_digits_mirror
+
+TASK_RUNS = {
+    "mnist/baseline",
+    "circles/baseline",
+    "sign_digits/baseline",
+    "sign_digits_01/baseline",
+    "sign_digits_01/sklearn",
+}
+
+
+def edit(path: Path, pattern: str, replacement: str) -> None:
+    text, count = re.subn(pattern, replacement, path.read_text())
+    assert count, f"{pattern!r} not found in {path}"
+    path.write_text(text)
+
+
+def shell(repo: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command, cwd=repo, env=stage_env(**env), capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, (
+        f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    return result
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture
+def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The project as a git + DVC repository whose sources are tiny copies in a mirror folder
+    and whose presets train for two epochs."""
+    mirror = tmp_path / "mirror"
+    for name, sha256 in write_mnist_mirror(mirror).items():
+        edit(project / "conf/source/mnist.yaml", rf"{re.escape(name)}: \w+", f"{name}: {sha256}")
+    sources = project / "conf/source/sign_digits.yaml"
+    edit(
+        sources,
+        r"content_sha256: \w+",
+        f"content_sha256: {write_sign_digits_mirror(mirror, per_class=14)}",
+    )
+    edit(sources, r"image_size: \d+", "image_size: 16")
+    for preset in (project / "conf/experiment").rglob("*.yaml"):
+        edit(preset, r"epochs: \d+", "epochs: 2")
+    shell(project, "git", "init", "-q")
+    shell(project, "dvc", "init", "-q")
+    shell(project, "dvc", "config", "core.analytics", "false")
+    shell(project, "git", "add", "-A")
+    shell(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    return project, mirror
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
+    tiny_repo: tuple[Path, Path],
+) -> None:
+    repo, mirror = tiny_repo
+    first = shell(repo, "dvc", "repro", PIPELINE_DATA_MIRROR=str(mirror))
+    assert {"fetch@mnist", "split@sign_digits_01", "train@sign_digits_01-sklearn"} <= stages_run(
+        first.stdout
+    )
+
+    runs = all_runs(mlflow_client(repo))
+    assert {r.info.run_name for r in runs} == TASK_RUNS
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert run.data.params["dataset.name"] == run.data.tags["task"]
+        assert run.data.params["train.epochs"] == "2"
+        assert {"test_accuracy", "test_loss", "test_f1_macro", "train_seconds"} <= set(
+            run.data.metrics
+        )
+        assert len(run.data.tags["data.split.sha256"]) == 64
+    by_name = {r.info.run_name: r for r in runs}
+    assert by_name["mnist/baseline"].data.params["model.hidden_units"] == "[128, 64]"
+    assert by_name["sign_digits/baseline"].data.params["data.label_errata_changed"] == "2"
+
+    shown = json.loads(shell(repo, "dvc", "metrics", "show", "--json").stdout)
+    metrics = next(iter(shown.values()))["data"]
+    for name in TASK_RUNS:
+        accuracy = metrics[f"reports/{name}/metrics.json"]["data"]["test_accuracy"]
+        assert accuracy == by_name[name].data.metrics["test_accuracy"]
+
+    nothing = shell(repo, "dvc", "repro")
+    assert stages_run(nothing.stdout) == set()
+
+    # One data set's parameter reruns that data set's stages and nothing else.
+    edit(repo / "conf/dataset/circles.yaml", r"seed: 0", "seed: 1")
+    again = shell(repo, "dvc", "repro")
+    assert stages_run(again.stdout) == {
+        "split@circles",
+        "train@circles-baseline",
+        "evaluate@circles-baseline",
+    }
+    assert len(all_runs(mlflow_client(repo))) == len(TASK_RUNS) + 1
