@@ -45,6 +45,12 @@ class Initializer(Enum):
     zeros = "zeros"
 
 
+class Algorithm(Enum):
+    hyperband = "hyperband"
+    random = "random"
+    bayesian = "bayesian"
+
+
 class Optimizer(Enum):
     sgd = "sgd"
     adam = "adam"
@@ -184,6 +190,7 @@ class ModelConfig:
     hidden_units: list[int] = field(default_factory=list)  # mlp: one dense layer each
     filters: list[int] = field(default_factory=list)  # cnn: one conv + pool block each
     kernel_size: int = 3  # cnn
+    convs_per_block: int = 1  # cnn: 3x3 conv layers before each pooling
     dense_units: int = 0  # cnn: a dense layer before the output, 0 for none
     activation: Activation = Activation.relu
     initializer: Initializer = Initializer.glorot_uniform
@@ -208,6 +215,10 @@ class ModelConfig:
             "model.filters must list at least one conv layer for family=cnn",
         )
         _check(self.kernel_size > 0, f"model.kernel_size must be > 0, got {self.kernel_size}")
+        _check(
+            self.convs_per_block > 0,
+            f"model.convs_per_block must be > 0, got {self.convs_per_block}",
+        )
         _check(self.dense_units >= 0, f"model.dense_units must be >= 0, got {self.dense_units}")
 
 
@@ -231,6 +242,37 @@ class TrainConfig:
 
 
 @dataclass
+class TunerConfig:
+    algorithm: Algorithm = Algorithm.hyperband
+    objective: str = "val_accuracy"  # a Keras log key, measured on the validation part
+    direction: str = "max"
+    max_trials: int = 10  # random and bayesian; Hyperband sizes itself from max_epochs/factor
+    max_epochs: int = 10  # hyperband: epochs of its longest trials; others: epochs per trial
+    factor: int = 3  # hyperband
+    hyperband_iterations: int = 1
+    early_stopping_patience: int | None = 3  # inside each trial, on the objective
+    # The search's budget: this fraction of the training part (stratified, seeded). The final
+    # `train` always uses all of it.
+    train_fraction: float = 1.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        # Keras Tuner takes a seed of 0 for "no seed" and draws a random one.
+        _check(self.seed >= 1, f"tuner.seed must be >= 1, got {self.seed}")
+        _check(
+            self.direction in ("min", "max"),
+            f"tuner.direction must be min or max, got {self.direction}",
+        )
+        _check(self.max_trials > 0, f"tuner.max_trials must be > 0, got {self.max_trials}")
+        _check(self.max_epochs > 0, f"tuner.max_epochs must be > 0, got {self.max_epochs}")
+        _check(self.factor >= 2, f"tuner.factor must be >= 2, got {self.factor}")
+        _check(
+            0 < self.train_fraction <= 1,
+            f"tuner.train_fraction must be in (0, 1], got {self.train_fraction}",
+        )
+
+
+@dataclass
 class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI, else SQLite at the repository root (see pipeline.tracking).
     uri: str | None = None
@@ -243,6 +285,10 @@ class Config:
     model: ModelConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    # What `tune` searches, shaped like this config (see conf/search_space/ and
+    # pipeline/search_space.py); None for runs without a search.
+    search_space: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     variant: str = "baseline"  # this model's name within its task: baseline, tuned, ...
 

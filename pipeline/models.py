@@ -45,9 +45,10 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
                 "use model=mlp for feature vectors"
             )
         for filters in model.filters:
-            x = layers.Conv2D(
-                filters, model.kernel_size, padding="same", activation=activation, **weights
-            )(x)
+            for _ in range(model.convs_per_block):
+                x = layers.Conv2D(
+                    filters, model.kernel_size, padding="same", activation=activation, **weights
+                )(x)
             x = layers.MaxPooling2D()(x)
         x = layers.Flatten()(x)
         hidden = [model.dense_units] if model.dense_units else []

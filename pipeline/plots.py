@@ -48,6 +48,48 @@ def confusion_matrix(
     _save(fig, path)
 
 
+def score_by_hyperparameter(
+    trials: pd.DataFrame, columns: list[str], objective: str, path: Path
+) -> None:
+    """One panel per searched hyperparameter: each finished trial's score against its value."""
+    done = trials[trials["score"].notna()]
+    columns = [c for c in columns if c in done] or ["trial_id"]
+    cols = min(3, len(columns))
+    rows = -(-len(columns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        values = done[column]
+        numeric = pd.api.types.is_numeric_dtype(values) and values.nunique() > 3
+        if numeric:
+            ax.scatter(values, done["score"], alpha=0.7)
+            if values.min() > 0 and values.max() / values.min() > 50:
+                ax.set_xscale("log")
+        else:  # categories (and lists, as text) side by side
+            labels = sorted(values.astype(str).unique())
+            positions = values.astype(str).map({label: i for i, label in enumerate(labels)})
+            ax.scatter(positions, done["score"], alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
+        ax.set(xlabel=column, ylabel=objective)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.axis("off")
+    fig.suptitle(f"{objective} of each trial by hyperparameter")
+    _save(fig, path)
+
+
+def best_so_far(trials: pd.DataFrame, objective: str, direction: str, path: Path) -> None:
+    """Each trial's score in the order run, and the best found up to it."""
+    scores = trials["score"].astype(float)
+    best = scores.cummax() if direction == "max" else scores.cummin()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(range(1, len(scores) + 1), scores, alpha=0.6, label="trial")
+    ax.step(range(1, len(scores) + 1), best.ffill(), where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel=objective, title=f"search progress: {objective}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:

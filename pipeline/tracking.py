@@ -61,14 +61,21 @@ def run(name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[
     try:
         yield active
     except KeyboardInterrupt:
-        mlflow.set_tag("failure_reason", "interrupted")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end_open_runs(active.info.run_id, RunStatus.KILLED, "interrupted")
         raise
     except BaseException as error:
-        mlflow.set_tag("failure_reason", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_open_runs(active.info.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
     mlflow.end_run()
+
+
+def _end_open_runs(outer_id: str, status: int, reason: str) -> None:
+    """End run `outer_id` and any run still open inside it (a trial cut short with its search)."""
+    while (current := mlflow.active_run()) is not None:
+        mlflow.set_tag("failure_reason", reason[:5000])
+        mlflow.end_run(RunStatus.to_string(status))
+        if current.info.run_id == outer_id:
+            break
 
 
 def context_tags(stage: str, data_files: dict[str, Path]) -> dict[str, str]:

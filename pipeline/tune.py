@@ -1,0 +1,299 @@
+"""Stage tune: a Keras Tuner search over conf/search_space/, every trial a nested MLflow run.
+
+    python -m pipeline.tune experiment=mnist/tuned
+    python -m pipeline.tune experiment=circles/tuned tuner=random tuner.max_trials=20
+
+Reads data/split/<task>.npz (training and validation parts only: the objective is measured on
+validation; the test part stays unseen until `evaluate`). Writes models/<task>/best_hparams.yaml,
+which `train` reads for the tuned model, and reports/<task>/search/ (all trials as CSV, plots).
+models/<task>/search/ keeps the tuner's state: a search killed part way resumes from it,
+without redoing finished trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from sklearn.model_selection import train_test_split
+
+from pipeline import config, models, plots, search_space, tracking
+from pipeline.cli import stage
+from pipeline.datasets import Split, load_split
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.files import atomic_output, sha256_of, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stratified, seeded part of the training data a search trains on."""
+    if fraction >= 1:
+        return data.x_train, data.y_train
+    x, _, y, _ = train_test_split(
+        data.x_train, data.y_train, train_size=fraction, stratify=data.y_train, random_state=seed
+    )
+    return x, y
+
+
+def make_tuner(
+    settings: config.Config, cfg: DictConfig, params: list, data: Split, folder: Path, resume: bool
+) -> Any:
+    """A Keras Tuner tuner of the configured algorithm whose trials are MLflow runs."""
+    import keras
+    import keras_tuner as kt
+
+    class SearchModel(kt.HyperModel):
+        def build(self, hp: Any) -> Any:
+            trial = config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
+            keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
+            return models.build_keras(trial.model, data.input_shape, data.n_classes)
+
+        def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+            trial = config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
+            return model.fit(*args, batch_size=trial.train.batch_size, **kwargs)
+
+    class TrialRuns:
+        """Mixed into the tuner: each trial is an MLflow run nested under the search's run."""
+
+        def on_trial_begin(self, trial: Any) -> None:
+            super().on_trial_begin(trial)
+            values = search_space.values_for(params, trial.hyperparameters.copy())
+            hyperband = {
+                f"trial.{key.split('/')[1]}": value
+                for key, value in trial.hyperparameters.values.items()
+                if key.startswith("tuner/")
+            }
+            mlflow.start_run(
+                run_name=f"{settings.dataset.name}/trial-{trial.trial_id}",
+                nested=True,
+                tags={
+                    "task": settings.dataset.name,
+                    "stage": "tune_trial",
+                    "trial_id": trial.trial_id,
+                },
+            )
+            mlflow.log_params({**values, **hyperband})
+
+        def on_trial_end(self, trial: Any) -> None:
+            super().on_trial_end(trial)  # the oracle scores the trial here
+            if trial.status == "COMPLETED" and trial.score is not None:
+                mlflow.log_metrics({"score": trial.score, "best_step": trial.best_step})
+                mlflow.end_run()
+            else:
+                reason = (trial.message or "trial failed").strip().splitlines()[-1]
+                mlflow.set_tag("failure_reason", reason[:5000])
+                mlflow.end_run("FAILED")
+
+    tuner_cfg = settings.tuner
+    algorithms = {
+        config.Algorithm.hyperband: (
+            kt.Hyperband,
+            {
+                "max_epochs": tuner_cfg.max_epochs,
+                "factor": tuner_cfg.factor,
+                "hyperband_iterations": tuner_cfg.hyperband_iterations,
+            },
+        ),
+        config.Algorithm.random: (kt.RandomSearch, {"max_trials": tuner_cfg.max_trials}),
+        config.Algorithm.bayesian: (kt.BayesianOptimization, {"max_trials": tuner_cfg.max_trials}),
+    }
+    base, options = algorithms[tuner_cfg.algorithm]
+    tracked = type(f"Tracked{base.__name__}", (TrialRuns, base), {})
+    return tracked(
+        hypermodel=SearchModel(),
+        objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
+        seed=tuner_cfg.seed,
+        directory=str(folder),
+        project_name="keras_tuner",
+        overwrite=not resume,
+        **options,
+    )
+
+
+def fail_on_nan() -> Any:
+    import keras
+    import keras_tuner as kt
+
+    class FailOnNaN(keras.callbacks.Callback):
+        """Ends a diverged trial as FAILED (Keras' TerminateOnNaN would let it score)."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise kt.errors.FailedTrialError(f"loss became NaN at epoch {epoch + 1}")
+
+    return FailOnNaN()
+
+
+def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
+    """One row per trial: id, status, score, its MLflow run and its config values."""
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["start_time ASC"],
+    )
+    run_ids = dict(zip(children.get("tags.trial_id", []), children.get("run_id", []), strict=False))
+    rows = []
+    for trial_id in sorted(tuner.oracle.trials):
+        trial = tuner.oracle.trials[trial_id]
+        values = search_space.values_for(params, trial.hyperparameters.copy())
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "status": trial.status,
+                "score": trial.score,
+                "mlflow_run_id": run_ids.get(trial_id),
+                **{k: str(v) if isinstance(v, list) else v for k, v in values.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fingerprint(cfg: DictConfig, split_file: Path) -> str:
+    """What a search depends on; a search folder with another fingerprint is started anew."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    relevant = {key: resolved[key] for key in ("dataset", "model", "train", "tuner", "search_space")}
+    text = json.dumps(relevant, sort_keys=True) + sha256_of(split_file)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def open_state(folder: Path, digest: str) -> dict[str, Any]:
+    """The saved state of an unfinished search with this fingerprint, or {} after a wipe."""
+    state_file = folder / "state.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") == digest and (folder / "keras_tuner" / "oracle.json").exists():
+            return state
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {}
+
+
+def end_stale_trial_runs(parent_run_id: str) -> None:
+    """Trial runs left RUNNING by a killed search (SIGKILL runs no handler) end as KILLED."""
+    client = mlflow.MlflowClient()
+    stale = mlflow.search_runs(
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        )
+    )
+    for run_id in stale.get("run_id", []):
+        client.set_tag(run_id, "failure_reason", "interrupted: the search was killed")
+        client.set_terminated(run_id, "KILLED")
+
+
+@stage("config")
+def main(cfg: DictConfig) -> None:
+    settings: config.Config = config.load(cfg)
+    params = search_space.parse(settings.search_space)
+    if not params:
+        raise ConfigError("search_space is empty; pick one, e.g. search_space=mlp")
+    if not models.is_keras(settings.model):
+        raise ConfigError("tune searches Keras models; model.family=sklearn_logreg has no search")
+    search_space.check(params, cfg)
+
+    task = settings.dataset.name
+    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
+    data = load_split(split_file)
+    folder = Path(settings.paths.models) / task / "search"
+    digest = fingerprint(cfg, split_file)
+    state = open_state(folder, digest)
+
+    tracking.use_experiment(task, settings.tracking.uri)
+    tags = {
+        "task": task,
+        "variant": "search",
+        **tracking.context_tags("tune", {"split": split_file}),
+    }
+    resumed_run = state.get("parent_run_id")
+    with tracking.run(f"{task}/search", tags, run_id=resumed_run) as parent:
+        parent_id = parent.info.run_id
+        if resumed_run:
+            log.info("resuming the search of run %s from %s", parent_id, folder)
+            end_stale_trial_runs(parent_id)
+        else:
+            write_json(folder / "state.json", {"fingerprint": digest, "parent_run_id": parent_id})
+            mlflow.log_params(
+                {
+                    k: v
+                    for k, v in config.to_flat_dict(cfg).items()
+                    if not k.startswith("search_space.")
+                }
+            )
+            mlflow.log_text(OmegaConf.to_yaml(cfg.search_space), "search_space.yaml")
+
+        import keras
+        from mlflow.keras import MlflowCallback
+
+        tuner = make_tuner(settings, cfg, params, data, folder, resume=bool(resumed_run))
+        callbacks = [fail_on_nan(), MlflowCallback()]
+        if settings.tuner.early_stopping_patience is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=settings.tuner.objective,
+                    mode=settings.tuner.direction,
+                    patience=settings.tuner.early_stopping_patience,
+                )
+            )
+        x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
+        try:
+            tuner.search(
+                x,
+                y,
+                validation_data=(data.x_val, data.y_val),
+                epochs=settings.tuner.max_epochs,
+                callbacks=callbacks,
+                verbose=2,
+            )
+        except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
+            raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
+
+        best = tuner.oracle.get_best_trials(1)
+        if not best or best[0].score is None:
+            raise TrainingError(
+                "no trial finished; see the FAILED trial runs' failure_reason in MLflow"
+            )
+        best_values = search_space.values_for(params, best[0].hyperparameters.copy())
+        trials = trials_table(tuner, params, parent_id)
+        objective = settings.tuner.objective
+        mlflow.log_metrics({f"best_{objective}": best[0].score, "trials": len(trials)})
+        mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
+        mlflow.set_tag("best_trial_id", best[0].trial_id)
+
+        reports = Path(settings.paths.reports) / task / "search"
+        header = (
+            f"# Best of {len(trials)} trials ({settings.tuner.algorithm.value}), {objective} "
+            f"{best[0].score:.4f} on the validation part.\n# MLflow: search run {parent_id}, "
+            f"trial {best[0].trial_id}. Written by `tune`; read by `train` (train.hparams_file).\n"
+        )
+        best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
+        with atomic_output(reports / "figures") as figures:
+            figures.mkdir()
+            hp_columns = [p.path for p in params if p.spec]
+            plots.score_by_hyperparameter(
+                trials, hp_columns, objective, figures / "score_by_hyperparameter.png"
+            )
+            plots.best_so_far(
+                trials, objective, settings.tuner.direction, figures / "best_so_far.png"
+            )
+            with atomic_output(reports / "trials.csv") as tmp:
+                trials.to_csv(tmp, index=False)
+            mlflow.log_artifact(str(reports / "trials.csv"))
+            mlflow.log_artifacts(str(figures), "figures")
+            mlflow.log_text(best_yaml, "best_hparams.yaml")
+            write_text(Path(settings.paths.models) / task / "best_hparams.yaml", best_yaml)
+    log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
+
+
+if __name__ == "__main__":
+    main()
