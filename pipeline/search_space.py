@@ -43,9 +43,12 @@ class Param:
         """Register this parameter with `hp` and return its value for the current trial."""
         spec = self.spec
         if not spec:
-            return hp.Fixed(self.path, self.fixed)
+            # Scalars are registered (a `when` may depend on them); Keras Tuner has no list type.
+            return self.fixed if isinstance(self.fixed, list) else hp.Fixed(self.path, self.fixed)
         if "choice" in spec:
             return hp.Choice(self.path, spec["choice"])
+        if "min" in spec and spec["min"] == spec["max"]:  # a range narrowed to one value
+            return hp.Fixed(self.path, spec["min"])
         if "layers" in spec:
             count = hp.Int(f"{self.path}.layers", *spec["layers"])
             if count is None:  # inside a condition that does not hold

@@ -162,7 +162,9 @@ def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
 def fingerprint(cfg: DictConfig, split_file: Path) -> str:
     """What a search depends on; a search folder with another fingerprint is started anew."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    relevant = {key: resolved[key] for key in ("dataset", "model", "train", "tuner", "search_space")}
+    relevant = {
+        key: resolved[key] for key in ("dataset", "model", "train", "tuner", "search_space")
+    }
     text = json.dumps(relevant, sort_keys=True) + sha256_of(split_file)
     return hashlib.sha256(text.encode()).hexdigest()
 
