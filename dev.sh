@@ -24,6 +24,8 @@ if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   cp requirements.lock "$stamp"
 fi
 export PATH="$PWD/$venv/bin:$PATH"
+# MLflow would send usage telemetry (and wait on it at exit): nothing here reaches the internet.
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
 # TensorFlow's start-up chatter (CPU instruction sets, oneDNN) is noise in every stage's log.
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 # Stages may run from DVC's temporary experiment copies, where a relative mirror path breaks.

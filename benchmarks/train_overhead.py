@@ -92,6 +92,10 @@ class Timing:
 def stage_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
+    # MLflow 3 otherwise phones its telemetry endpoint from every process that imports it (and
+    # waits on those threads at exit): network the benchmark must not use, and time that
+    # belongs to the environment, not to the pipeline.
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     return env
 
 

@@ -228,6 +228,7 @@ class TrainConfig:
     batch_size: int = 32
     early_stopping_patience: int | None = None  # on validation loss; None trains all epochs
     seed: int = 0
+    cv_folds: int = 5  # the crossval stage's k
     # YAML of hyperparameters (shaped like this config: model.*, train.*) merged over the
     # config before training: how `train` takes what `tune` found.
     hparams_file: str | None = None
@@ -235,6 +236,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
         _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
+        _check(self.cv_folds >= 2, f"train.cv_folds must be >= 2, got {self.cv_folds}")
         _check(
             self.early_stopping_patience is None or self.early_stopping_patience >= 0,
             f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}",
@@ -297,11 +299,20 @@ class Config:
         return f"{self.dataset.name}/{self.variant}"
 
 
+@dataclass
+class ReportConfig:
+    tasks: list[str] = field(default_factory=list)
+    register_models: bool = True  # each task's best model into the MLflow model registry
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def register() -> None:
     """Make the schemas known to Hydra under the names that `conf/` refers to."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(name="fetch_schema", node=FetchConfig)
+    store.store(name="report_schema", node=ReportConfig)
     store.store(group="source", name="mnist_schema", node=MnistSource)
     store.store(group="source", name="sign_digits_schema", node=SignDigitsSource)
     store.store(group="source", name="circles_schema", node=CirclesSource)

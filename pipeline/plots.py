@@ -90,6 +90,25 @@ def best_so_far(trials: pd.DataFrame, objective: str, direction: str, path: Path
     _save(fig, path)
 
 
+def decision_boundary(net: object, x: np.ndarray, y: np.ndarray, path: Path, title: str) -> None:
+    """P(class 1) over the plane of a 2-feature data set, with the points on top."""
+    from pipeline.models import predict_proba
+
+    pad = 0.5
+    xs = np.linspace(x[:, 0].min() - pad, x[:, 0].max() + pad, 200)
+    ys = np.linspace(x[:, 1].min() - pad, x[:, 1].max() + pad, 200)
+    grid_x, grid_y = np.meshgrid(xs, ys)
+    grid = np.c_[grid_x.ravel(), grid_y.ravel()].astype(np.float32)
+    prob = predict_proba(net, grid)[:, 1].reshape(grid_x.shape)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    filled = ax.contourf(grid_x, grid_y, prob, levels=20, cmap="RdBu_r", alpha=0.6)
+    ax.contour(grid_x, grid_y, prob, levels=[0.5], colors="black", linewidths=1)
+    ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", edgecolors="black", s=25)
+    fig.colorbar(filled, ax=ax, label="P(class 1)")
+    ax.set(xlabel="feature 1 (standardised)", ylabel="feature 2 (standardised)", title=title)
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:

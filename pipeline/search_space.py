@@ -155,12 +155,27 @@ def check(params: list[Param], cfg: DictConfig) -> None:
         condition = param.condition
         if condition is not None and condition[0] not in paths:
             raise ConfigError(f"{where}.when: {condition[0]} is not searched")
+    # Each value is tried with every other key at its first value, so that keys that go together
+    # (family=cnn and its filters) are checked together.
+    first = cfg
+    for param in params:
+        first = _refused_as_config_error(param, _corner_values(param)[0], first, load=False)
+    for param in params:
         for value in _corner_values(param):
-            try:
-                config.load(apply(cfg, {param.path: value}))
-            except Exception as error:
-                reason = str(error).splitlines()[0]
-                raise ConfigError(f"{where}: value {value!r} is refused: {reason}") from None
+            _refused_as_config_error(param, value, first, load=True)
+
+
+def _refused_as_config_error(param: Param, value: Any, cfg: DictConfig, load: bool) -> DictConfig:
+    try:
+        changed = apply(cfg, {param.path: value})
+        if load:
+            config.load(changed)
+        return changed
+    except Exception as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(
+            f"search_space.{param.path}: value {value!r} is refused: {reason}"
+        ) from None
 
 
 def _corner_values(param: Param) -> list[Any]:

@@ -40,14 +40,16 @@ def tracking_uri(configured: str | None = None) -> str:
 
 
 def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
-    """Point MLflow at the store and experiment; a new local experiment keeps its artifacts
-    under <repo>/mlartifacts, an absolute path, wherever the stage runs from."""
+    """Point MLflow at the store and experiment. A new experiment in an SQLite store keeps its
+    artifacts in mlartifacts/ beside the database file, an absolute path, wherever the stage
+    runs from; a server store places them itself."""
     uri = tracking_uri(configured_uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
-        if uri.startswith("sqlite:") or uri.startswith("file:"):
-            location = (repo_root() / ARTIFACTS_FOLDER / experiment).as_uri()
+        if uri.startswith("sqlite:///"):
+            database = Path(uri.removeprefix("sqlite:///")).resolve()
+            location = (database.parent / ARTIFACTS_FOLDER / experiment).as_uri()
         # Another process may create it first: then it exists, which is all that is needed.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.create_experiment(experiment, artifact_location=location)
@@ -76,6 +78,19 @@ def _end_open_runs(outer_id: str, status: int, reason: str) -> None:
         mlflow.end_run(RunStatus.to_string(status))
         if current.info.run_id == outer_id:
             break
+
+
+def keras_callback() -> Any:
+    """MLflow's Keras callback, logging the per-epoch metrics (loss, val_loss, ...) by step."""
+    from mlflow.keras import MlflowCallback
+
+    class EpochMetrics(MlflowCallback):
+        # MlflowCallback also logs every validation pass again, unstepped, as validation_*:
+        # the same numbers as val_*, under other keys.
+        def on_test_end(self, logs: dict | None = None) -> None:
+            pass
+
+    return EpochMetrics()
 
 
 def context_tags(stage: str, data_files: dict[str, Path]) -> dict[str, str]:

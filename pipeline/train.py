@@ -19,7 +19,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import accuracy_score, log_loss
 
 from pipeline import config, models, tracking
 from pipeline.cli import stage
@@ -86,6 +85,8 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
 
 
 def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
+    from sklearn.metrics import accuracy_score, log_loss
+
     net = models.build_sklearn(settings.model, settings.train.epochs, settings.train.seed)
     flat = {
         part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))
@@ -98,10 +99,14 @@ def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
         row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)
         row[f"{prefix}accuracy"] = accuracy_score(y, net.predict(x))
-    mlflow.log_metrics(
-        {key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"]
-    )
     return Fitted(net, pd.DataFrame([row]), seconds)
+
+
+def fit(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:
+    """Train the configured model on `data`; `callbacks` go to Keras' fit."""
+    if models.is_keras(settings.model):
+        return fit_keras(settings, data, callbacks)
+    return fit_sklearn(settings, data)
 
 
 def log_model(net: Any) -> None:
@@ -146,12 +151,14 @@ def main(cfg: DictConfig) -> None:
         if data.label_errata_changed is not None:
             mlflow.log_param("data.label_errata_changed", data.label_errata_changed)
 
-        if models.is_keras(settings.model):
-            from mlflow.keras import MlflowCallback
-
-            fitted = fit_keras(settings, data, [MlflowCallback()])
-        else:
-            fitted = fit_sklearn(settings, data)
+        # The callback imports Keras: only for Keras models.
+        callbacks = [tracking.keras_callback()] if models.is_keras(settings.model) else []
+        fitted = fit(settings, data, callbacks)
+        if not models.is_keras(settings.model):  # no epochs: the solver's final state
+            final = fitted.history.iloc[-1].to_dict()
+            mlflow.log_metrics(
+                {k: v for k, v in final.items() if k != "epoch"}, step=int(final["epoch"])
+            )
         summary = {
             "run_id": active.info.run_id,
             "experiment_id": active.info.experiment_id,

@@ -235,10 +235,9 @@ def main(cfg: DictConfig) -> None:
             mlflow.log_text(OmegaConf.to_yaml(cfg.search_space), "search_space.yaml")
 
         import keras
-        from mlflow.keras import MlflowCallback
 
         tuner = make_tuner(settings, cfg, params, data, folder, resume=bool(resumed_run))
-        callbacks = [fail_on_nan(), MlflowCallback()]
+        callbacks = [fail_on_nan(), tracking.keras_callback()]
         if settings.tuner.early_stopping_patience is not None:
             callbacks.append(
                 keras.callbacks.EarlyStopping(

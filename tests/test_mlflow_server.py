@@ -29,6 +29,9 @@ pytestmark = pytest.mark.slow
 MLFLOW = Path(sys.executable).parent / "mlflow"
 START_TIMEOUT_S = 60
 ARTIFACTS_ROUTE = "/api/2.0/mlflow-artifacts/artifacts"
+# pytest's PYTEST_CURRENT_TEST already silences MLflow's telemetry; said outright, as nothing
+# here may leave loopback.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 # A proxy set in the caller's environment must not see loopback requests.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -127,7 +130,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[Server]:
     ]
     # The job runner starts half a dozen huey consumers: seconds of CPU on a 2-core runner,
     # for a feature (server-side jobs) no stage uses.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **NO_TELEMETRY}
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("w") as log_file:
         process = subprocess.Popen(
@@ -149,8 +152,9 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
     mlflow_server: Server, run_stage, circles_split: Path, project: Path
 ) -> None:
     base = mlflow_server.uri
-    run_stage("train", "experiment=circles/baseline", "train.epochs=3", MLFLOW_TRACKING_URI=base)
-    run_stage("evaluate", "experiment=circles/baseline", MLFLOW_TRACKING_URI=base)
+    env = {"MLFLOW_TRACKING_URI": base, **NO_TELEMETRY}
+    run_stage("train", "experiment=circles/baseline", "train.epochs=3", **env)
+    run_stage("evaluate", "experiment=circles/baseline", **env)
 
     assert not (project / "mlflow.db").exists(), "the stages ignored MLFLOW_TRACKING_URI"
     assert not (project / "mlartifacts").exists(), "artifacts were written locally, not proxied"

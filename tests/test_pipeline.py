@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,28 @@ from tiny_data import write_mnist_mirror, write_sign_digits_mirror
 
 TASK_RUNS = {
     "mnist/baseline",
+    "mnist/tuned",
     "circles/baseline",
+    "circles/tuned",
     "sign_digits/baseline",
+    "sign_digits/tuned",
     "sign_digits_01/baseline",
     "sign_digits_01/sklearn",
+    "sign_digits_01/tuned",
 }
+TASKS = ("mnist", "circles", "sign_digits", "sign_digits_01")
+
+# Loads a registered model in a process of its own and prints its test accuracy.
+SCORE_REGISTERED = """
+import sys, mlflow, numpy as np
+from pipeline.datasets import load_split
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+data = load_split(sys.argv[3])
+out = np.asarray(model.predict(data.x_test if data.x_test.ndim == 2 else data.x_test))
+pred = out.argmax(1) if out.ndim == 2 and out.shape[1] > 1 else (out.ravel() > 0.5).astype(int)
+print(float(np.mean(pred == data.y_test)))
+"""
 
 
 def edit(path: Path, pattern: str, replacement: str) -> None:
@@ -55,7 +73,7 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
     )
     edit(sources, r"image_size: \d+", "image_size: 16")
     for preset in (project / "conf/experiment").rglob("*.yaml"):
-        edit(preset, r"epochs: \d+", "epochs: 2")
+        edit(preset, r"epochs: \d+", "epochs: 2")  # max_epochs of the searches too
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")
@@ -74,7 +92,8 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         first.stdout
     )
 
-    runs = all_runs(mlflow_client(repo))
+    client = mlflow_client(repo)
+    runs = [r for r in all_runs(client) if r.data.tags.get("stage") == "train"]
     assert {r.info.run_name for r in runs} == TASK_RUNS
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
@@ -94,15 +113,46 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         accuracy = metrics[f"reports/{name}/metrics.json"]["data"]["test_accuracy"]
         assert accuracy == by_name[name].data.metrics["test_accuracy"]
 
+    searches = [r for r in all_runs(client) if r.data.tags.get("stage") == "tune"]
+    assert {r.info.run_name for r in searches} == {f"{task}/search" for task in TASKS}
+
+    report = (repo / "reports/README.md").read_text()
+    for task in TASKS:
+        assert f"## {task}" in report and f"models:/{task}/1" in report
+    assert "k-fold accuracy" in report
+    assert (repo / "reports/figures/circles_decision_boundary.png").exists()
+    crossval = json.loads((repo / "reports/circles/tuned/crossval.json").read_text())
+    assert crossval["cv_folds"] == 5 and 0 <= crossval["cv_accuracy_mean"] <= 1
+
+    # The registered model scores in a fresh process as evaluate reported.
+    (version,) = client.search_model_versions("name = 'circles'")
+    registered = by_name[f"circles/{version.tags['variant']}"]
+    scored = shell(
+        repo,
+        sys.executable,
+        "-c",
+        SCORE_REGISTERED,
+        f"sqlite:///{repo / 'mlflow.db'}",
+        "models:/circles/1",
+        "data/split/circles.npz",
+    )
+    assert float(scored.stdout.strip().splitlines()[-1]) == pytest.approx(
+        registered.data.metrics["test_accuracy"]
+    )
+
     nothing = shell(repo, "dvc", "repro")
     assert stages_run(nothing.stdout) == set()
 
-    # One data set's parameter reruns that data set's stages and nothing else.
+    # One data set's parameter reruns that data set's stages (and the report), nothing else.
     edit(repo / "conf/dataset/circles.yaml", r"seed: 0", "seed: 1")
     again = shell(repo, "dvc", "repro")
     assert stages_run(again.stdout) == {
         "split@circles",
+        "tune@circles",
         "train@circles-baseline",
+        "train_tuned@circles",
         "evaluate@circles-baseline",
+        "evaluate@circles-tuned",
+        "crossval@circles",
+        "report",
     }
-    assert len(all_runs(mlflow_client(repo))) == len(TASK_RUNS) + 1

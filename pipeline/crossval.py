@@ -1,0 +1,82 @@
+"""Stage crossval: k-fold accuracy of a trained model's configuration, for the small data sets
+where one test split of a few dozen samples says little.
+
+    python -m pipeline.crossval experiment=circles/tuned
+
+Refits the configuration k times (stratified folds over all of the task's samples, each fold
+trained for as many epochs as the final model was) and writes
+reports/<task>/<variant>/crossval.json. The hyperparameters were chosen on the validation part
+alone; this only measures how well the chosen configuration does, as the tutorials'
+`cross_val_score` did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from omegaconf import DictConfig
+from sklearn.model_selection import StratifiedKFold
+
+from pipeline import config, models, tracking
+from pipeline.cli import stage
+from pipeline.datasets import Split, load_split
+from pipeline.files import write_json
+from pipeline.train import fit, with_hparams
+
+log = logging.getLogger(__name__)
+
+
+def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
+    x = np.concatenate([data.x_train, data.x_val, data.x_test])
+    y = np.concatenate([data.y_train, data.y_val, data.y_test])
+    folds = StratifiedKFold(settings.train.cv_folds, shuffle=True, random_state=settings.train.seed)
+    accuracies = []
+    for train, held_out in folds.split(x, y):
+        fold = Split(
+            x[train], y[train], x[held_out], y[held_out], x[held_out], y[held_out], data.class_names
+        )
+        fitted = fit(settings, fold, [])
+        predicted = models.predict_proba(fitted.net, x[held_out]).argmax(axis=1)
+        accuracies.append(float(np.mean(predicted == y[held_out])))
+    return accuracies
+
+
+@stage("config")
+def main(cfg: DictConfig) -> None:
+    settings: config.Config = config.load(with_hparams(cfg))
+    task, variant = settings.dataset.name, settings.variant
+    trained = json.loads((Path(settings.paths.models) / task / variant / "run.json").read_text())
+    # Each fold trains as long as the final model did; no fold has a validation part to stop on.
+    settings.train = replace(
+        settings.train, epochs=trained["epochs_trained"], early_stopping_patience=None
+    )
+    data = load_split(Path(settings.paths.data) / "split" / f"{task}.npz")
+    accuracies = fold_accuracies(settings, data)
+    result = {
+        "cv_accuracy_mean": float(np.mean(accuracies)),
+        "cv_accuracy_std": float(np.std(accuracies)),
+        "cv_folds": len(accuracies),
+    }
+    tracking.use_experiment(task, settings.tracking.uri)
+    with tracking.run(settings.run_name, {"crossvalidated": "true"}, run_id=trained["run_id"]):
+        mlflow.log_metrics({k: v for k, v in result.items() if k != "cv_folds"})
+    write_json(
+        Path(settings.paths.reports) / task / variant / "crossval.json",
+        {**result, "cv_accuracies": accuracies},
+    )
+    log.info(
+        "%s: %d-fold accuracy %.4f +- %.4f",
+        settings.run_name,
+        len(accuracies),
+        result["cv_accuracy_mean"],
+        result["cv_accuracy_std"],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Stage report: reports/README.md, every task's tutorial baseline against its tuned model.
+
+    python -m pipeline.report
+
+Every number comes from the MLflow store (`mlflow.search_runs`, for the runs named in each
+models/<task>/<variant>/run.json) or from the stage outputs; the figures are PNGs beside it.
+Each task's best model (by validation accuracy: the test part picks nothing) is registered in
+the MLflow model registry under the task's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from omegaconf import DictConfig
+
+from pipeline import config, models, plots, tracking
+from pipeline.cli import stage
+from pipeline.datasets import load_split
+from pipeline.files import atomic_output, sha256_of, write_text
+
+log = logging.getLogger(__name__)
+
+# Report column -> column of mlflow.search_runs' frame.
+COLUMNS = {
+    "test accuracy": "metrics.test_accuracy",
+    "macro F1": "metrics.test_f1_macro",
+    "test loss": "metrics.test_loss",
+    "parameters": "metrics.param_count",
+    "train time (s)": "metrics.train_seconds",
+    "epochs": "metrics.epochs_trained",
+}
+
+
+def task_runs(task: str, models_dir: Path) -> pd.DataFrame:
+    """The MLflow runs behind the task's current models, one row per variant."""
+    run_ids = {
+        folder.name: json.loads((folder / "run.json").read_text())["run_id"]
+        for folder in sorted(models_dir.glob(f"{task}/*"))
+        if (folder / "run.json").exists()
+    }
+    if not run_ids:
+        return pd.DataFrame()
+    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids.values())
+    runs = mlflow.search_runs(
+        experiment_names=[task], filter_string=f"attributes.run_id IN ({quoted})"
+    )
+    runs["variant"] = runs["run_id"].map({v: k for k, v in run_ids.items()})
+    return runs.sort_values("variant", key=lambda v: v.map(_variant_order)).reset_index(drop=True)
+
+
+def _variant_order(variant: str) -> tuple[int, str]:
+    return (1 if variant == "tuned" else 0, variant)  # baselines first, the searched model last
+
+
+def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+    table = pd.DataFrame({"model": runs["variant"]})
+    for column, source in COLUMNS.items():
+        table[column] = runs.get(source)
+    if "metrics.cv_accuracy_mean" in runs:
+        table["k-fold accuracy"] = [
+            f"{mean:.4f} ± {std:.4f}" if pd.notna(mean) else ""
+            for mean, std in zip(
+                runs["metrics.cv_accuracy_mean"], runs["metrics.cv_accuracy_std"], strict=True
+            )
+        ]
+    table["MLflow run"] = runs["run_id"].str[:12]
+    return table
+
+
+def register_best(task: str, runs: pd.DataFrame) -> str:
+    """Register the run with the best validation accuracy; returns a line for the report."""
+    best = runs.sort_values("metrics.val_accuracy", ascending=False).iloc[0]
+    version = mlflow.register_model(
+        f"runs:/{best['run_id']}/model",
+        name=task,
+        tags={
+            "variant": best["variant"],
+            "test_accuracy": f"{best['metrics.test_accuracy']:.6f}",
+            "val_accuracy": f"{best['metrics.val_accuracy']:.6f}",
+        },
+    )
+    return (
+        f"Registered in MLflow as model `{task}` version {version.version}: the {best['variant']} "
+        f"model (best validation accuracy {best['metrics.val_accuracy']:.4f}); load it with "
+        f"`mlflow.pyfunc.load_model('models:/{task}/{version.version}')`."
+    )
+
+
+def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str:
+    models_dir = Path(settings.paths.models)
+    reports = Path(settings.paths.reports)
+    runs = task_runs(task, models_dir)
+    if runs.empty:
+        return f"## {task}\n\nNo trained model yet.\n"
+    lines = [f"## {task}", "", results_table(runs).to_markdown(index=False, floatfmt=".4f"), ""]
+    if settings.register_models and "metrics.val_accuracy" in runs:
+        lines += [register_best(task, runs), ""]
+
+    histories = {
+        variant: pd.read_csv(reports / task / variant / "learning_curve.csv")
+        for variant in runs["variant"]
+        if (reports / task / variant / "learning_curve.csv").exists()
+    }
+    curves = figures / f"{task}_learning_curves.png"
+    plots.learning_curves(histories, curves, f"{task}: learning curves")
+    # Links point where the figures folder lands, not at the temporary one being written.
+    images = [("learning curves", Path("figures") / curves.name)]
+    for variant in runs["variant"][::-1]:  # the searched model's matrix first
+        matrix = reports / task / variant / "figures" / "confusion_matrix.png"
+        if matrix.exists():
+            images.append((f"confusion matrix, {variant}", matrix.relative_to(reports)))
+            break
+    for name, title in (
+        ("best_so_far", "search progress"),
+        ("score_by_hyperparameter", "score by hyperparameter"),
+    ):
+        searched = reports / task / "search" / "figures" / f"{name}.png"
+        if searched.exists():
+            images.append((title, searched.relative_to(reports)))
+    if task == "circles" and (models_dir / task / "tuned").exists():
+        data = load_split(Path(settings.paths.data) / "split" / f"{task}.npz")
+        net = models.load(models_dir / task / "tuned")
+        boundary = figures / f"{task}_decision_boundary.png"
+        plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")
+        images.append(("decision boundary", Path("figures") / boundary.name))
+    lines += [f"![{title}]({path})" for title, path in images]
+    return "\n".join(lines) + "\n"
+
+
+@stage("report")
+def main(cfg: DictConfig) -> None:
+    settings: config.ReportConfig = config.load(cfg)
+    reports = Path(settings.paths.reports)
+    split_files = sorted(Path(settings.paths.data).glob("split/*.npz"))
+    header = [
+        "# Results",
+        "",
+        "Written by the `report` stage of `dvc repro` from the MLflow store and the stage outputs;",
+        "do not edit. Test parts are scored once, by `evaluate`; k-fold accuracy (small data sets)",
+        "refits the final configuration on stratified folds of all samples.",
+        "",
+        f"- code: git commit `{tracking.git_commit()}`",
+        *[f"- data: `{path}` sha256 `{sha256_of(path)}`" for path in split_files],
+        "",
+    ]
+    sections = []
+    with atomic_output(reports / "figures") as figures:
+        figures.mkdir()
+        for task in settings.tasks:
+            tracking.use_experiment(task, settings.tracking.uri)
+            sections.append(task_section(task, settings, figures))
+    write_text(reports / "README.md", "\n".join(header + sections))
+    log.info("wrote %s", reports / "README.md")
+
+
+if __name__ == "__main__":
+    main()
