@@ -65,8 +65,10 @@ def score_by_hyperparameter(
             if values.min() > 0 and values.max() / values.min() > 50:
                 ax.set_xscale("log")
         else:  # categories (and lists, as text) side by side
-            labels = sorted(values.astype(str).unique())
-            positions = values.astype(str).map({label: i for i, label in enumerate(labels)})
+            # A key searched only under a condition is empty for the other trials.
+            text = values.astype(object).where(values.notna(), "n/a").map(str)
+            labels = sorted(text.unique())
+            positions = text.map({label: i for i, label in enumerate(labels)})
             ax.scatter(positions, done["score"], alpha=0.7)
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
         ax.set(xlabel=column, ylabel=objective)

@@ -47,9 +47,16 @@ def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 def make_tuner(
-    settings: config.Config, cfg: DictConfig, params: list, data: Split, folder: Path, resume: bool
+    settings: config.Config,
+    cfg: DictConfig,
+    params: list,
+    data: Split,
+    folder: Path,
+    resume: bool,
+    track: bool = True,
 ) -> Any:
-    """A Keras Tuner tuner of the configured algorithm whose trials are MLflow runs."""
+    """A Keras Tuner tuner of the configured algorithm; with `track`, its trials are MLflow
+    runs nested under the active run."""
     import keras
     import keras_tuner as kt
 
@@ -109,8 +116,8 @@ def make_tuner(
         config.Algorithm.bayesian: (kt.BayesianOptimization, {"max_trials": tuner_cfg.max_trials}),
     }
     base, options = algorithms[tuner_cfg.algorithm]
-    tracked = type(f"Tracked{base.__name__}", (TrialRuns, base), {})
-    return tracked(
+    tuner_class = type(f"Tracked{base.__name__}", (TrialRuns, base), {}) if track else base
+    return tuner_class(
         hypermodel=SearchModel(),
         objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
         seed=tuner_cfg.seed,
@@ -119,6 +126,40 @@ def make_tuner(
         overwrite=not resume,
         **options,
     )
+
+
+def search(
+    settings: config.Config,
+    cfg: DictConfig,
+    params: list,
+    data: Split,
+    folder: Path,
+    resume: bool,
+    track: bool = True,
+) -> Any:
+    """Run (or resume) the search on the budgeted training data; returns the tuner."""
+    import keras
+
+    tuner = make_tuner(settings, cfg, params, data, folder, resume, track)
+    callbacks = [fail_on_nan(), *([tracking.keras_callback()] if track else [])]
+    if settings.tuner.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=settings.tuner.objective,
+                mode=settings.tuner.direction,
+                patience=settings.tuner.early_stopping_patience,
+            )
+        )
+    x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
+    tuner.search(
+        x,
+        y,
+        validation_data=(data.x_val, data.y_val),
+        epochs=settings.tuner.max_epochs,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return tuner
 
 
 def fail_on_nan() -> Any:
@@ -234,28 +275,8 @@ def main(cfg: DictConfig) -> None:
             )
             mlflow.log_text(OmegaConf.to_yaml(cfg.search_space), "search_space.yaml")
 
-        import keras
-
-        tuner = make_tuner(settings, cfg, params, data, folder, resume=bool(resumed_run))
-        callbacks = [fail_on_nan(), tracking.keras_callback()]
-        if settings.tuner.early_stopping_patience is not None:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=settings.tuner.objective,
-                    mode=settings.tuner.direction,
-                    patience=settings.tuner.early_stopping_patience,
-                )
-            )
-        x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
         try:
-            tuner.search(
-                x,
-                y,
-                validation_data=(data.x_val, data.y_val),
-                epochs=settings.tuner.max_epochs,
-                callbacks=callbacks,
-                verbose=2,
-            )
+            tuner = search(settings, cfg, params, data, folder, resume=bool(resumed_run))
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 

@@ -155,6 +155,13 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
     env = {"MLFLOW_TRACKING_URI": base, **NO_TELEMETRY}
     run_stage("train", "experiment=circles/baseline", "train.epochs=3", **env)
     run_stage("evaluate", "experiment=circles/baseline", **env)
+    search = (
+        "experiment=circles/tuned",
+        "tuner=random",
+        "tuner.max_trials=2",
+        "tuner.max_epochs=2",
+    )
+    run_stage("tune", *search, **env)
 
     assert not (project / "mlflow.db").exists(), "the stages ignored MLFLOW_TRACKING_URI"
     assert not (project / "mlartifacts").exists(), "artifacts were written locally, not proxied"
@@ -168,8 +175,14 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
         "/api/2.0/mlflow/runs/search",
         {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
     ).get("runs", [])
-    assert [r["info"]["run_name"] for r in runs] == ["circles/baseline"]
-    run = runs[0]
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    assert set(by_name) == {
+        "circles/baseline",
+        "circles/search",
+        "circles/trial-0",
+        "circles/trial-1",
+    }
+    run = by_name["circles/baseline"]
     info = run["info"]
     summary = json.loads((project / "models/circles/baseline/run.json").read_text())
     assert info["run_id"] == summary["run_id"]
@@ -206,3 +219,22 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
     # The proxy wrote them under the server's own --artifacts-destination.
     on_disk = mlflow_server.artifacts / urllib.parse.urlparse(artifact_uri).path.strip("/")
     assert (on_disk / "config.yaml").read_text() == config_yaml
+
+    # The search's trials are nested under its run, each with its params and per-epoch metrics.
+    search_run = by_name["circles/search"]["info"]
+    assert search_run["status"] == "FINISHED"
+    for name in ("circles/trial-0", "circles/trial-1"):
+        trial = by_name[name]
+        trial_tags = {t["key"]: t["value"] for t in trial["data"]["tags"]}
+        assert trial_tags["mlflow.parentRunId"] == search_run["run_id"]
+        assert trial["info"]["status"] == "FINISHED"
+        assert "model.optimizer.lr" in {p["key"] for p in trial["data"]["params"]}
+        steps = rest(
+            base,
+            "GET",
+            f"/api/2.0/mlflow/metrics/get-history?run_id={trial['info']['run_id']}"
+            "&metric_key=val_accuracy",
+        )["metrics"]
+        assert sorted(m["step"] for m in steps) == [0, 1]
+    trials_csv = download(base, artifacts_path(search_run["artifact_uri"], "trials.csv")).decode()
+    assert trials_csv.startswith("trial_id,status,score")

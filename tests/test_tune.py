@@ -151,3 +151,19 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(
     finished = [r.data.tags["trial_id"] for r in trials if r.info.status == "FINISHED"]
     assert sorted(finished) == ["0", "1", "2"]  # each finished trial exactly once
     assert [r.info.status for r in trials if r.info.status != "FINISHED"] == ["KILLED"]
+
+
+def test_the_score_plot_takes_keys_searched_only_under_a_condition(tmp_path: Path) -> None:
+    from pipeline import plots
+
+    trials = pd.DataFrame(
+        {
+            "score": [0.9, 0.8, None],
+            "model.family": ["cnn", "mlp", "cnn"],
+            "model.filters": ["[16, 32]", None, "[32, 32]"],
+            "model.optimizer.lr": [0.001, 0.003, 0.0005],
+        }
+    )
+    out = tmp_path / "scores.png"
+    plots.score_by_hyperparameter(trials, list(trials.columns[1:]), "val_accuracy", out)
+    assert out.stat().st_size > 0
