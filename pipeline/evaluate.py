@@ -61,6 +61,11 @@ def main(cfg: DictConfig) -> None:
     data = load_split(split_file)
     net = models.load(model_dir)
 
+    # The validation score of the model as saved (early stopping may have restored an earlier
+    # epoch than the last one logged): what the report picks the model to register by.
+    val_accuracy = float(
+        np.mean(models.predict_proba(net, data.x_val).argmax(axis=1) == data.y_val)
+    )
     probs = models.predict_proba(net, data.x_test)
     y_pred = probs.argmax(axis=1)
     metrics = test_metrics(data.y_test, probs)
@@ -82,7 +87,7 @@ def main(cfg: DictConfig) -> None:
         )
         tracking.use_experiment(task, settings.tracking.uri)
         with tracking.run(settings.run_name, {"evaluated": "true"}, run_id=trained["run_id"]):
-            mlflow.log_metrics(metrics)
+            mlflow.log_metrics({**metrics, "final_val_accuracy": val_accuracy})
             mlflow.log_artifacts(str(figures), "evaluation")
         with atomic_output(out / "confusion.csv") as tmp:
             confusion.to_csv(tmp, index=False)

@@ -61,6 +61,9 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({"model": runs["variant"]})
     for column, source in COLUMNS.items():
         table[column] = runs.get(source)
+    for column in ("parameters", "epochs"):
+        table[column] = table[column].astype("Int64")
+    table["train time (s)"] = table["train time (s)"].round(1)
     if "metrics.cv_accuracy_mean" in runs:
         table["k-fold accuracy"] = [
             f"{mean:.4f} ± {std:.4f}" if pd.notna(mean) else ""
@@ -74,19 +77,19 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def register_best(task: str, runs: pd.DataFrame) -> str:
     """Register the run with the best validation accuracy; returns a line for the report."""
-    best = runs.sort_values("metrics.val_accuracy", ascending=False).iloc[0]
+    best = runs.sort_values("metrics.final_val_accuracy", ascending=False).iloc[0]
     version = mlflow.register_model(
         f"runs:/{best['run_id']}/model",
         name=task,
         tags={
             "variant": best["variant"],
             "test_accuracy": f"{best['metrics.test_accuracy']:.6f}",
-            "val_accuracy": f"{best['metrics.val_accuracy']:.6f}",
+            "val_accuracy": f"{best['metrics.final_val_accuracy']:.6f}",
         },
     )
     return (
         f"Registered in MLflow as model `{task}` version {version.version}: the {best['variant']} "
-        f"model (best validation accuracy {best['metrics.val_accuracy']:.4f}); load it with "
+        f"model (best validation accuracy {best['metrics.final_val_accuracy']:.4f}); load it with "
         f"`mlflow.pyfunc.load_model('models:/{task}/{version.version}')`."
     )
 
@@ -98,7 +101,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
     if runs.empty:
         return f"## {task}\n\nNo trained model yet.\n"
     lines = [f"## {task}", "", results_table(runs).to_markdown(index=False, floatfmt=".4f"), ""]
-    if settings.register_models and "metrics.val_accuracy" in runs:
+    if settings.register_models and "metrics.final_val_accuracy" in runs:
         lines += [register_best(task, runs), ""]
 
     histories = {

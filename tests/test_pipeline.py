@@ -74,6 +74,7 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
     edit(sources, r"image_size: \d+", "image_size: 16")
     for preset in (project / "conf/experiment").rglob("*.yaml"):
         edit(preset, r"epochs: \d+", "epochs: 2")  # max_epochs of the searches too
+    edit(project / "conf/experiment/circles/tuned.yaml", r"max_trials: \d+", "max_trials: 2")
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")

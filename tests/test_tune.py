@@ -122,7 +122,7 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(
     run_stage, circles_split: Path, project: Path, kill: signal.Signals
 ) -> None:
     # Long trials (no early stopping) so that the kill lands inside the second one.
-    slow = (*TINY_SEARCH[:3], "tuner.max_epochs=150", "tuner.early_stopping_patience=null")
+    slow = (*TINY_SEARCH[:3], "tuner.max_epochs=60", "tuner.early_stopping_patience=null")
     search = subprocess.Popen(
         [sys.executable, "-m", "pipeline.tune", *slow],
         cwd=project,
@@ -135,7 +135,7 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(
     while not second_trial.exists() and search.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert search.poll() is None, "the search ended before it could be interrupted"
-    time.sleep(2)
+    time.sleep(1)
     search.send_signal(kill)
     search.wait(timeout=60)
 
