@@ -19,7 +19,8 @@ fi
 if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   echo "setting up $venv from requirements.lock (once)..." >&2
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  "${pip[@]}" -r requirements.lock
+  # (Some machines' pip config names index folders that do not exist; pip warns per package.)
+  "${pip[@]}" -r requirements.lock 2> >(grep -v "is neither a file nor a directory" >&2)
   "${pip[@]}" --no-deps --no-build-isolation -e .
   cp requirements.lock "$stamp"
 fi

@@ -63,7 +63,6 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         table[column] = runs.get(source)
     for column in ("parameters", "epochs"):
         table[column] = table[column].astype("Int64")
-    table["train time (s)"] = table["train time (s)"].round(1)
     if "metrics.cv_accuracy_mean" in runs:
         table["k-fold accuracy"] = [
             f"{mean:.4f} ± {std:.4f}" if pd.notna(mean) else ""
@@ -100,7 +99,9 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
     runs = task_runs(task, models_dir)
     if runs.empty:
         return f"## {task}\n\nNo trained model yet.\n"
-    lines = [f"## {task}", "", results_table(runs).to_markdown(index=False, floatfmt=".4f"), ""]
+    table = results_table(runs)
+    digits = [".1f" if column == "train time (s)" else ".4f" for column in table.columns]
+    lines = [f"## {task}", "", table.to_markdown(index=False, floatfmt=digits), ""]
     if settings.register_models and "metrics.final_val_accuracy" in runs:
         lines += [register_best(task, runs), ""]
 
