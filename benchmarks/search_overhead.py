@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-TARGET = 1.05
+from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run
+
 EXPERIMENT = "search_overhead"  # the MLflow experiment, in the throwaway store only
 
 # The untimed set-up: every import both searches need, read once from disk, so that whichever
@@ -155,30 +153,6 @@ def logged(parent_id: str, experiment_id: str) -> dict[str, Any]:
     }
 
 
-def child_env(tracking_uri: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
-    # Both children point at the throwaway store, so that nothing, not even an MLflow call
-    # in the bare search, can reach the repository's mlflow.db.
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    # MLflow 3 otherwise phones its telemetry endpoint from every process that imports it (and
-    # waits on those threads at exit): network the benchmark must not use.
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
-    return env
-
-
-def run(label: str, command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Run from the repository root; wall seconds and stdout. A failure ends the benchmark."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(
-            f"error: {label} failed (exit {result.returncode}):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-        )
-    return seconds, result.stdout
-
-
 def time_search(mode: str, args: argparse.Namespace, scratch: Path, tracking_uri: str) -> Timing:
     command = [
         PYTHON,
@@ -192,14 +166,10 @@ def time_search(mode: str, args: argparse.Namespace, scratch: Path, tracking_uri
         "--overrides",
         *args.overrides,
     ]
-    seconds, stdout = run(f"{mode} search", command, child_env(tracking_uri))
+    seconds, stdout = run(f"{mode} search", command, quiet_env(MLFLOW_TRACKING_URI=tracking_uri))
     # Keras Tuner prints its progress on stdout too; the JSON is the last line.
     result = json.loads(stdout.strip().splitlines()[-1])
     return Timing(seconds, result.pop("search_seconds"), result)
-
-
-def ratio(tracked: float, bare: float) -> str:
-    return f"{tracked / bare:.2f}" if bare > 0 else "n/a"
 
 
 def check_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
@@ -252,7 +222,7 @@ def main() -> None:
         run(
             "set-up (imports, MLflow store)",
             [PYTHON, "-c", SETUP_SCRIPT, tracking_uri, EXPERIMENT, artifacts],
-            child_env(tracking_uri),
+            quiet_env(MLFLOW_TRACKING_URI=tracking_uri),
         )
 
         bare: list[Timing] = []

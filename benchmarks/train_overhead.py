@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
+from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run
+
 DVC = str(Path(sys.executable).parent / "dvc")
-TARGET = 1.05
 
 # Mirrors pipeline.train.fit_keras minus its callbacks and MLflow: validation runs every epoch
 # in both, so the fit-only ratio shows the pipeline's additions, not a difference in work.
@@ -89,32 +88,9 @@ class Timing:
     fit: float  # seconds inside model.fit
 
 
-def stage_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
-    # MLflow 3 otherwise phones its telemetry endpoint from every process that imports it (and
-    # waits on those threads at exit): network the benchmark must not use, and time that
-    # belongs to the environment, not to the pipeline.
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
-    return env
-
-
-def run(label: str, command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Run from the repository root; wall seconds and stdout. A failure ends the benchmark."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(
-            f"error: {label} failed (exit {result.returncode}):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-        )
-    return seconds, result.stdout
-
-
 def time_bare(dataset: str, epochs: int) -> Timing:
     seconds, stdout = run(
-        "bare Keras script", [PYTHON, "-c", BARE_SCRIPT, dataset, str(epochs)], stage_env()
+        "bare Keras script", [PYTHON, "-c", BARE_SCRIPT, dataset, str(epochs)], quiet_env()
     )
     fit = json.loads(stdout.strip().splitlines()[-1])["fit_seconds"]
     return Timing(seconds, fit)
@@ -130,7 +106,7 @@ def time_pipeline(dataset: str, epochs: int, scratch: Path, tracking_uri: str) -
         f"train.epochs={epochs}",
         f"paths.models={models}",
     ]
-    seconds, _ = run(" ".join(command[1:]), command, stage_env(MLFLOW_TRACKING_URI=tracking_uri))
+    seconds, _ = run(" ".join(command[1:]), command, quiet_env(MLFLOW_TRACKING_URI=tracking_uri))
     # The stage names its output folder after the task and variant, as in the preset.
     (summary,) = models.glob("*/*/run.json")
     return Timing(seconds, json.loads(summary.read_text())["train_seconds"])
@@ -138,7 +114,7 @@ def time_pipeline(dataset: str, epochs: int, scratch: Path, tracking_uri: str) -
 
 def dvc(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    result = subprocess.run([DVC, *args], cwd=ROOT, env=stage_env(), capture_output=True, text=True)
+    result = subprocess.run([DVC, *args], cwd=ROOT, env=quiet_env(), capture_output=True, text=True)
     return time.perf_counter() - start, result
 
 
@@ -177,10 +153,6 @@ def time_dvc(repeats: int) -> None:
     print(f"  {'dvc repro (no-op)':<20}{statistics.median(repro):8.2f} s")
 
 
-def ratio(pipeline: float, bare: float) -> str:
-    return f"{pipeline / bare:.2f}" if bare > 0 else "n/a"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -206,7 +178,7 @@ def main() -> None:
         run(
             "set-up (imports, MLflow store)",
             [PYTHON, "-c", SETUP_SCRIPT, tracking_uri, args.dataset, artifacts],
-            stage_env(),
+            quiet_env(),
         )
 
         bare: list[Timing] = []
