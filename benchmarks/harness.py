@@ -13,6 +13,22 @@ PYTHON = sys.executable
 TARGET = 1.05
 
 
+# The untimed set-up run before anything is timed: the imports both sides need, read once from
+# disk so that whichever runs first does not pay for a cold file cache; and the throwaway MLflow
+# store with its experiment, created up front as the repository's mlflow.db already is.
+SETUP_SCRIPT = """
+import sys, importlib
+from mlflow import MlflowClient
+
+uri, experiment, artifacts, *modules = sys.argv[1:]
+for module in modules:
+    importlib.import_module(module)
+client = MlflowClient(tracking_uri=uri)
+if client.get_experiment_by_name(experiment) is None:
+    client.create_experiment(experiment, artifact_location=artifacts)
+"""
+
+
 def quiet_env(**extra: str) -> dict[str, str]:
     """The caller's environment without a DVC experiment name, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
