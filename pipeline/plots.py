@@ -67,7 +67,7 @@ def score_by_hyperparameter(
         else:  # categories (and lists, as text) side by side
             # A key searched only under a condition is empty for the other trials.
             text = values.astype(object).where(values.notna(), "n/a").map(str)
-            labels = sorted(text.unique())
+            labels = sorted(text.unique(), key=_numbers_first)
             positions = text.map({label: i for i, label in enumerate(labels)})
             ax.scatter(positions, done["score"], alpha=0.7)
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
@@ -77,6 +77,14 @@ def score_by_hyperparameter(
         ax.axis("off")
     fig.suptitle(f"{objective} of each trial by hyperparameter")
     _save(fig, path)
+
+
+def _numbers_first(label: str) -> tuple[int, float, str]:
+    """Sort "32" before "128", and words after numbers."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
 
 
 def best_so_far(trials: pd.DataFrame, objective: str, direction: str, path: Path) -> None:
