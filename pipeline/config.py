@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -120,6 +121,13 @@ class PathsConfig:
     data: str = "data"
     models: str = "models"
     reports: str = "reports"
+
+    # Where stages meet (dvc.yaml names the same paths).
+    def split_file(self, task: str) -> Path:
+        return Path(self.data) / "split" / f"{task}.npz"
+
+    def model_dir(self, task: str, variant: str) -> Path:
+        return Path(self.models) / task / variant
 
 
 @dataclass

@@ -41,8 +41,7 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
             x[train], y[train], x[held_out], y[held_out], x[held_out], y[held_out], data.class_names
         )
         fitted = fit(settings, fold, [])
-        predicted = models.predict_proba(fitted.net, x[held_out]).argmax(axis=1)
-        accuracies.append(float(np.mean(predicted == y[held_out])))
+        accuracies.append(models.accuracy(fitted.net, x[held_out], y[held_out]))
     return accuracies
 
 
@@ -50,12 +49,12 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
-    trained = json.loads((Path(settings.paths.models) / task / variant / "run.json").read_text())
+    trained = json.loads((settings.paths.model_dir(task, variant) / "run.json").read_text())
     # Each fold trains as long as the final model did; no fold has a validation part to stop on.
     settings.train = replace(
         settings.train, epochs=trained["epochs_trained"], early_stopping_patience=None
     )
-    data = load_split(Path(settings.paths.data) / "split" / f"{task}.npz")
+    data = load_split(settings.paths.split_file(task))
     accuracies = fold_accuracies(settings, data)
     result = {
         "cv_accuracy_mean": float(np.mean(accuracies)),

@@ -52,20 +52,17 @@ def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant
-    model_dir = Path(settings.paths.models) / task / variant
+    model_dir = settings.paths.model_dir(task, variant)
     run_file = model_dir / "run.json"
     if not run_file.exists():
         raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
     trained = json.loads(run_file.read_text())
-    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
-    data = load_split(split_file)
+    data = load_split(settings.paths.split_file(task))
     net = models.load(model_dir)
 
     # The validation score of the model as saved (early stopping may have restored an earlier
     # epoch than the last one logged): what the report picks the model to register by.
-    val_accuracy = float(
-        np.mean(models.predict_proba(net, data.x_val).argmax(axis=1) == data.y_val)
-    )
+    val_accuracy = models.accuracy(net, data.x_val, data.y_val)
     probs = models.predict_proba(net, data.x_test)
     y_pred = probs.argmax(axis=1)
     metrics = test_metrics(data.y_test, probs)

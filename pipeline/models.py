@@ -109,6 +109,11 @@ def predict_proba(net: Any, x: np.ndarray) -> np.ndarray:
     return probs
 
 
+def accuracy(net: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """The share of `x` whose most probable class is `y`."""
+    return float(np.mean(predict_proba(net, x).argmax(axis=1) == y))
+
+
 def count_params(net: Any) -> int:
     if is_keras_net(net):
         return int(net.count_params())

@@ -127,7 +127,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         if searched.exists():
             images.append((title, searched.relative_to(reports)))
     if task == "circles" and (models_dir / task / "tuned").exists():
-        data = load_split(Path(settings.paths.data) / "split" / f"{task}.npz")
+        data = load_split(settings.paths.split_file(task))
         net = models.load(models_dir / task / "tuned")
         boundary = figures / f"{task}_decision_boundary.png"
         plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")

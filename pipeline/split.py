@@ -104,7 +104,7 @@ def main(cfg: DictConfig) -> None:
         parts = standardize(parts)
 
     extra = {"label_errata_changed": arrays["errata_changed"]} if "errata_changed" in arrays else {}
-    out = Path(settings.paths.data) / "split" / f"{dataset.name}.npz"
+    out = settings.paths.split_file(dataset.name)
     save_npz(out, **parts, class_names=np.array([str(c) for c in classes]), **extra)
     log.info(
         "%s: train %d, validation %d, test %d",

@@ -134,9 +134,9 @@ def main(cfg: DictConfig) -> None:
     cfg = with_hparams(cfg)
     settings: config.Config = config.load(cfg)
     task = settings.dataset.name
-    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
+    split_file = settings.paths.split_file(task)
     data = load_split(split_file)
-    out_dir = Path(settings.paths.models) / task / settings.variant
+    out_dir = settings.paths.model_dir(task, settings.variant)
 
     tracking.use_experiment(task, settings.tracking.uri)
     tags = {

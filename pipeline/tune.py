@@ -60,15 +60,18 @@ def make_tuner(
     import keras
     import keras_tuner as kt
 
+    def trial_settings(hp: Any) -> config.Config:
+        return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
+
     class SearchModel(kt.HyperModel):
         def build(self, hp: Any) -> Any:
-            trial = config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
+            trial = trial_settings(hp)
             keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
             return models.build_keras(trial.model, data.input_shape, data.n_classes)
 
         def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-            trial = config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
-            return model.fit(*args, batch_size=trial.train.batch_size, **kwargs)
+            batch_size = trial_settings(hp).train.batch_size
+            return model.fit(*args, batch_size=batch_size, **kwargs)
 
     class TrialRuns:
         """Mixed into the tuner: each trial is an MLflow run nested under the search's run."""
@@ -246,7 +249,7 @@ def main(cfg: DictConfig) -> None:
     search_space.check(params, cfg)
 
     task = settings.dataset.name
-    split_file = Path(settings.paths.data) / "split" / f"{task}.npz"
+    split_file = settings.paths.split_file(task)
     data = load_split(split_file)
     folder = Path(settings.paths.models) / task / "search"
     digest = fingerprint(cfg, split_file)
