@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,33 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
         metrics=["accuracy"],
     )
     return net
+
+
+def nan_guard(error: Callable[[str], Exception]) -> Any:
+    """A Keras callback that stops training at the first epoch whose loss is not finite and
+    then raises `error(reason)`. Put it last: the callbacks before it (MLflow's among them)
+    finish their epoch and their training first, so the diverged epochs are recorded too."""
+    import keras
+
+    class NanGuard(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.diverged_at: int | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.diverged_at = epoch + 1
+                self.model.stop_training = True
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if self.diverged_at is not None:
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                raise error(
+                    f"loss became NaN at epoch {self.diverged_at}; lower model.optimizer.lr "
+                    f"(now {lr:.3g}) or add regularisation"
+                )
+
+    return NanGuard()
 
 
 def build_optimizer(model: ModelConfig) -> Any:

@@ -54,13 +54,14 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
 
     keras.utils.set_random_seed(settings.train.seed)
     net = models.build_keras(settings.model, data.input_shape, data.n_classes)
-    callbacks = [keras.callbacks.TerminateOnNaN(), *callbacks]
+    callbacks = list(callbacks)
     if settings.train.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 patience=settings.train.early_stopping_patience, restore_best_weights=True
             )
         )
+    callbacks.append(models.nan_guard(TrainingError))
     start = time.perf_counter()
     result = net.fit(
         data.x_train,
@@ -74,13 +75,6 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
     seconds = time.perf_counter() - start
     history = pd.DataFrame(result.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    losses = history["loss"].to_numpy()
-    if not np.all(np.isfinite(losses)):
-        epoch = int(np.argmin(np.isfinite(losses))) + 1
-        raise TrainingError(
-            f"loss became NaN at epoch {epoch}; lower model.optimizer.lr "
-            f"(now {settings.model.optimizer.lr}) or add regularisation"
-        )
     return Fitted(net, history, seconds)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -142,9 +141,10 @@ def search(
 ) -> Any:
     """Run (or resume) the search on the budgeted training data; returns the tuner."""
     import keras
+    import keras_tuner as kt
 
     tuner = make_tuner(settings, cfg, params, data, folder, resume, track)
-    callbacks = [fail_on_nan(), *([tracking.keras_callback()] if track else [])]
+    callbacks = [tracking.keras_callback(model_summary=False)] if track else []
     if settings.tuner.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -153,6 +153,8 @@ def search(
                 patience=settings.tuner.early_stopping_patience,
             )
         )
+    # A diverged trial ends FAILED; Keras' TerminateOnNaN alone would let it be scored.
+    callbacks.append(models.nan_guard(kt.errors.FailedTrialError))
     x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
     tuner.search(
         x,
@@ -163,21 +165,6 @@ def search(
         verbose=2,
     )
     return tuner
-
-
-def fail_on_nan() -> Any:
-    import keras
-    import keras_tuner as kt
-
-    class FailOnNaN(keras.callbacks.Callback):
-        """Ends a diverged trial as FAILED (Keras' TerminateOnNaN would let it score)."""
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise kt.errors.FailedTrialError(f"loss became NaN at epoch {epoch + 1}")
-
-    return FailOnNaN()
 
 
 def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
