@@ -193,6 +193,25 @@ class OptimizerConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random changes to training images, made afresh every epoch (Keras preprocessing layers,
+    active in training only). 0 or false leaves that change out."""
+
+    shift: float = 0.0  # up to this fraction of the height and width, each way
+    rotate: float = 0.0  # up to this fraction of a full turn, each way
+    zoom: float = 0.0  # in or out by up to this fraction
+    flip: bool = False  # mirror left-right (hands: a left hand's sign is the same digit)
+
+    def __post_init__(self) -> None:
+        for key in ("shift", "rotate", "zoom"):
+            value = getattr(self, key)
+            _check(0 <= value < 1, f"model.augment.{key} must be in [0, 1), got {value}")
+
+    def __bool__(self) -> bool:
+        return bool(self.shift or self.rotate or self.zoom or self.flip)
+
+
+@dataclass
 class ModelConfig:
     family: Family = Family.mlp
     hidden_units: list[int] = field(default_factory=list)  # mlp: one dense layer each
@@ -200,6 +219,8 @@ class ModelConfig:
     kernel_size: int = 3  # cnn
     convs_per_block: int = 1  # cnn: 3x3 conv layers before each pooling
     dense_units: int = 0  # cnn: a dense layer before the output, 0 for none
+    batch_norm: bool = False  # cnn: batch normalisation after each conv layer
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # images only
     activation: Activation = Activation.relu
     initializer: Initializer = Initializer.glorot_uniform
     dropout: float = 0.0
@@ -235,6 +256,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     early_stopping_patience: int | None = None  # on validation loss; None trains all epochs
+    # Halve the learning rate after this many epochs without a better validation loss.
+    reduce_lr_patience: int | None = None
     seed: int = 0
     cv_folds: int = 5  # the crossval stage's k
     # YAML of hyperparameters (shaped like this config: model.*, train.*) merged over the
@@ -245,10 +268,9 @@ class TrainConfig:
         _check(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
         _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
         _check(self.cv_folds >= 2, f"train.cv_folds must be >= 2, got {self.cv_folds}")
-        _check(
-            self.early_stopping_patience is None or self.early_stopping_patience >= 0,
-            f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}",
-        )
+        for key in ("early_stopping_patience", "reduce_lr_patience"):
+            value = getattr(self, key)
+            _check(value is None or value >= 0, f"train.{key} must be >= 0, got {value}")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Family, ModelConfig, Optimizer
+from pipeline.config import AugmentConfig, Family, ModelConfig, Optimizer
 from pipeline.errors import ConfigError, DataError
 
 KERAS_FILE = "model.keras"
@@ -39,7 +39,7 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
     activation = model.activation.value
 
     inputs = keras.Input(shape=input_shape)
-    x = inputs
+    x = augment(inputs, model.augment) if model.augment else inputs
     if model.family == Family.cnn:
         if len(input_shape) != 3:
             raise ConfigError(
@@ -48,9 +48,15 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
             )
         for filters in model.filters:
             for _ in range(model.convs_per_block):
-                x = layers.Conv2D(
-                    filters, model.kernel_size, padding="same", activation=activation, **weights
-                )(x)
+                if model.batch_norm:  # normalised before the activation; BN's shift is the bias
+                    x = layers.Conv2D(
+                        filters, model.kernel_size, padding="same", use_bias=False, **weights
+                    )(x)
+                    x = layers.Activation(activation)(layers.BatchNormalization()(x))
+                else:
+                    x = layers.Conv2D(
+                        filters, model.kernel_size, padding="same", activation=activation, **weights
+                    )(x)
             x = layers.MaxPooling2D()(x)
         x = layers.Flatten()(x)
         hidden = [model.dense_units] if model.dense_units else []
@@ -76,6 +82,27 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
         metrics=["accuracy"],
     )
     return net
+
+
+def augment(images: Any, changes: AugmentConfig) -> Any:
+    """`images` passed through Keras' random image layers, which act in training only."""
+    from keras import layers
+
+    if len(images.shape) != 4:
+        raise ConfigError(
+            f"model.augment changes images, but the data has shape {tuple(images.shape[1:])}; "
+            "leave model.augment at its defaults for feature vectors"
+        )
+    x = images
+    if changes.flip:
+        x = layers.RandomFlip("horizontal")(x)
+    if changes.rotate:
+        x = layers.RandomRotation(changes.rotate, fill_mode="nearest")(x)
+    if changes.zoom:
+        x = layers.RandomZoom(changes.zoom, fill_mode="nearest")(x)
+    if changes.shift:
+        x = layers.RandomTranslation(changes.shift, changes.shift, fill_mode="nearest")(x)
+    return x
 
 
 def nan_guard(error: Callable[[str], Exception]) -> Any:

@@ -61,6 +61,12 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
                 patience=settings.train.early_stopping_patience, restore_best_weights=True
             )
         )
+    if settings.train.reduce_lr_patience is not None:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                factor=0.5, patience=settings.train.reduce_lr_patience, verbose=1
+            )
+        )
     callbacks.append(models.nan_guard(TrainingError))
     start = time.perf_counter()
     result = net.fit(
