@@ -46,7 +46,11 @@ class Param:
             # Scalars are registered (a `when` may depend on them); Keras Tuner has no list type.
             return self.fixed if isinstance(self.fixed, list) else hp.Fixed(self.path, self.fixed)
         if "choice" in spec:
-            return hp.Choice(self.path, spec["choice"])
+            value = hp.Choice(self.path, spec["choice"])
+            # Keras Tuner keeps booleans as 0 and 1; the config and MLflow want them back.
+            if value is not None and all(isinstance(c, bool) for c in spec["choice"]):
+                return bool(value)
+            return value
         if "min" in spec and spec["min"] == spec["max"]:  # a range narrowed to one value
             return hp.Fixed(self.path, spec["min"])
         if "layers" in spec:

@@ -167,3 +167,13 @@ def test_the_score_plot_takes_keys_searched_only_under_a_condition(tmp_path: Pat
     out = tmp_path / "scores.png"
     plots.score_by_hyperparameter(trials, list(trials.columns[1:]), "val_accuracy", out)
     assert out.stat().st_size > 0
+
+
+def test_a_boolean_choice_comes_back_as_a_boolean() -> None:
+    import keras_tuner as kt
+
+    from pipeline import search_space
+
+    params = search_space.parse({"model": {"batch_norm": {"choice": [True, False]}}})
+    values = search_space.values_for(params, kt.HyperParameters())
+    assert values["model.batch_norm"] is True  # not 1, which would also compare equal
