@@ -79,3 +79,9 @@ def mlflow_client(repo: Path) -> MlflowClient:
 def all_runs(client: MlflowClient) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments, max_results=1000)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: split over workers (pytest-xdist), the long end-to-end run then starts
+    at once instead of being the last one left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
