@@ -48,15 +48,17 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
             )
         for filters in model.filters:
             for _ in range(model.convs_per_block):
-                if model.batch_norm:  # normalised before the activation; BN's shift is the bias
-                    x = layers.Conv2D(
-                        filters, model.kernel_size, padding="same", use_bias=False, **weights
-                    )(x)
+                # With batch norm, the activation comes after it, and its shift is the bias.
+                x = layers.Conv2D(
+                    filters,
+                    model.kernel_size,
+                    padding="same",
+                    activation=None if model.batch_norm else activation,
+                    use_bias=not model.batch_norm,
+                    **weights,
+                )(x)
+                if model.batch_norm:
                     x = layers.Activation(activation)(layers.BatchNormalization()(x))
-                else:
-                    x = layers.Conv2D(
-                        filters, model.kernel_size, padding="same", activation=activation, **weights
-                    )(x)
             x = layers.MaxPooling2D()(x)
         x = layers.Flatten()(x)
         hidden = [model.dense_units] if model.dense_units else []
