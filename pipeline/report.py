@@ -126,9 +126,10 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         searched = reports / task / "search" / "figures" / f"{name}.png"
         if searched.exists():
             images.append((title, searched.relative_to(reports)))
-    if task == "circles" and (models_dir / task / "tuned").exists():
+    tuned_dir = settings.paths.model_dir(task, "tuned")
+    if task == "circles" and tuned_dir.exists():
         data = load_split(settings.paths.split_file(task))
-        net = models.load(models_dir / task / "tuned")
+        net = models.load(tuned_dir)
         boundary = figures / f"{task}_decision_boundary.png"
         plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")
         images.append(("decision boundary", Path("figures") / boundary.name))
