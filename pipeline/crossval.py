@@ -3,24 +3,24 @@ where one test split of a few dozen samples says little.
 
     python -m pipeline.crossval experiment=circles/tuned
 
-Refits the configuration k times (stratified folds over all of the task's samples, each fold
-trained for as many epochs as the final model was) and writes
-reports/<task>/<variant>/crossval.json. The hyperparameters were chosen on the validation part
-alone; this only measures how well the chosen configuration does, as the tutorials'
-`cross_val_score` did.
+Refits the configuration k times (stratified folds over all of the task's samples) and writes
+reports/<task>/<variant>/crossval.json. Each fold is trained the way the final model was: on
+its training folds less a validation slice of the same share as the task's validation part,
+early stopping on that slice; the held-out fold is seen only when it is scored. The
+hyperparameters were chosen on the validation part alone; this only measures how well the
+chosen configuration does, as the tutorials' `cross_val_score` did.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from omegaconf import DictConfig
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline import config, models, tracking
 from pipeline.cli import stage
@@ -34,12 +34,18 @@ log = logging.getLogger(__name__)
 def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
     x = np.concatenate([data.x_train, data.x_val, data.x_test])
     y = np.concatenate([data.y_train, data.y_val, data.y_test])
-    folds = StratifiedKFold(settings.train.cv_folds, shuffle=True, random_state=settings.train.seed)
+    seed = settings.train.seed
+    folds = StratifiedKFold(settings.train.cv_folds, shuffle=True, random_state=seed)
+    val_share = len(data.y_val) / (len(data.y_train) + len(data.y_val))
     accuracies = []
     for train, held_out in folds.split(x, y):
-        fold = Split(
-            x[train], y[train], x[held_out], y[held_out], x[held_out], y[held_out], data.class_names
+        fit_part, val_part = train_test_split(
+            train, test_size=val_share, stratify=y[train], random_state=seed
         )
+        fold = Split(
+            x[fit_part], y[fit_part], x[val_part], y[val_part],
+            x[held_out], y[held_out], data.class_names,
+        )  # fmt: skip
         fitted = fit(settings, fold, [])
         accuracies.append(models.accuracy(fitted.net, x[held_out], y[held_out]))
     return accuracies
@@ -50,10 +56,6 @@ def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
     trained = json.loads((settings.paths.model_dir(task, variant) / "run.json").read_text())
-    # Each fold trains as long as the final model did; no fold has a validation part to stop on.
-    settings.train = replace(
-        settings.train, epochs=trained["epochs_trained"], early_stopping_patience=None
-    )
     data = load_split(settings.paths.split_file(task))
     accuracies = fold_accuracies(settings, data)
     result = {
