@@ -221,6 +221,7 @@ class ModelConfig:
     dense_units: int = 0  # cnn: a dense layer before the output, 0 for none
     batch_norm: bool = False  # cnn: batch normalisation after each conv layer
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # images only
+    squares: bool = False  # feature vectors: each feature's square joins the inputs
     activation: Activation = Activation.relu
     initializer: Initializer = Initializer.glorot_uniform
     dropout: float = 0.0
@@ -249,6 +250,10 @@ class ModelConfig:
             f"model.convs_per_block must be > 0, got {self.convs_per_block}",
         )
         _check(self.dense_units >= 0, f"model.dense_units must be >= 0, got {self.dense_units}")
+        _check(
+            not (self.squares and self.family == Family.cnn),
+            "model.squares widens feature vectors; set it false for family=cnn",
+        )
 
 
 @dataclass

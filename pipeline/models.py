@@ -65,6 +65,9 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
     else:
         if len(input_shape) > 1:
             x = layers.Flatten()(x)
+        if model.squares:
+            # A feature cross (x², y²): a ring in (x, y) is a straight line in the squares.
+            x = layers.Concatenate()([x, layers.Multiply()([x, x])])
         hidden = model.hidden_units if model.family == Family.mlp else []
     if model.family == Family.cnn and model.dropout:
         x = layers.Dropout(model.dropout)(x)

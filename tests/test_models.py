@@ -38,6 +38,16 @@ def test_augmenting_feature_vectors_is_refused_naming_the_key() -> None:
         models.build_keras(spec, (2,), 2)
 
 
+def test_squares_join_the_features_they_are_made_from() -> None:
+    import keras
+
+    net = models.build_keras(ModelConfig(hidden_units=[4], squares=True), (2,), 2)
+    (widened,) = [layer for layer in net.layers if type(layer).__name__ == "Concatenate"]
+    features = np.array([[2.0, -3.0]], dtype=np.float32)
+    inputs_seen = keras.Model(net.inputs, widened.output)
+    np.testing.assert_allclose(inputs_seen(features), [[2.0, -3.0, 4.0, 9.0]])
+
+
 def test_epoch_metrics_are_written_at_the_end_even_when_the_loss_turns_nan(
     tmp_path: Path,
 ) -> None:
