@@ -44,7 +44,7 @@ def test_squares_join_the_features_they_are_made_from() -> None:
     net = models.build_keras(ModelConfig(hidden_units=[4], squares=True), (2,), 2)
     (widened,) = [layer for layer in net.layers if type(layer).__name__ == "Concatenate"]
     features = np.array([[2.0, -3.0]], dtype=np.float32)
-    inputs_seen = keras.Model(net.inputs, widened.output)
+    inputs_seen = keras.Model(net.inputs[0], widened.output)
     np.testing.assert_allclose(inputs_seen(features), [[2.0, -3.0, 4.0, 9.0]])
 
 
