@@ -52,6 +52,13 @@ class Algorithm(Enum):
     bayesian = "bayesian"
 
 
+class LrSchedule(Enum):
+    constant = "constant"
+    # Down a half cosine to nearly 0 by the last epoch: training ends settled on a minimum
+    # instead of still bouncing about it at the full rate (Loshchilov & Hutter, SGDR, 2017).
+    cosine = "cosine"
+
+
 class Optimizer(Enum):
     sgd = "sgd"
     adam = "adam"
@@ -263,11 +270,18 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # on validation loss; None trains all epochs
     # Halve the learning rate after this many epochs without a better validation loss.
     reduce_lr_patience: int | None = None
+    lr_schedule: LrSchedule = LrSchedule.constant  # in search trials too
     seed: int = 0
     cv_folds: int = 5  # the crossval stage's k
     # YAML of hyperparameters (shaped like this config: model.*, train.*) merged over the
     # config before training: how `train` takes what `tune` found.
     hparams_file: str | None = None
+
+    @property
+    def reads_validation(self) -> bool:
+        """Whether training itself uses the validation part (early stopping, halving the
+        learning rate), not only reports on it."""
+        return self.early_stopping_patience is not None or self.reduce_lr_patience is not None
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be > 0, got {self.epochs}")
@@ -276,6 +290,11 @@ class TrainConfig:
         for key in ("early_stopping_patience", "reduce_lr_patience"):
             value = getattr(self, key)
             _check(value is None or value >= 0, f"train.{key} must be >= 0, got {value}")
+        _check(
+            self.lr_schedule == LrSchedule.constant or self.reduce_lr_patience is None,
+            "train.lr_schedule=cosine sets the learning rate every epoch; "
+            "set train.reduce_lr_patience=null",
+        )
 
 
 @dataclass
@@ -291,6 +310,10 @@ class TunerConfig:
     # The search's budget: this fraction of the training part (stratified, seeded). The final
     # `train` always uses all of it.
     train_fraction: float = 1.0
+    # k: score each trial by k-fold cross-validation over the training and validation parts
+    # together, for data sets so small that one validation part ranks trials by luck. None:
+    # score on the validation part. The test part is never used.
+    cv_folds: int | None = None
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -306,6 +329,15 @@ class TunerConfig:
         _check(
             0 < self.train_fraction <= 1,
             f"tuner.train_fraction must be in (0, 1], got {self.train_fraction}",
+        )
+        _check(
+            self.cv_folds is None or self.cv_folds >= 2,
+            f"tuner.cv_folds must be >= 2 (or null for the validation part), got {self.cv_folds}",
+        )
+        # Hyperband carries one model on from an earlier trial's checkpoint, not k of them.
+        _check(
+            self.cv_folds is None or self.algorithm != Algorithm.hyperband,
+            "tuner.cv_folds needs tuner=random or tuner=bayesian, not hyperband",
         )
 
 

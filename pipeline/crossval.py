@@ -4,9 +4,11 @@ where one test split of a few dozen samples says little.
     python -m pipeline.crossval experiment=circles/tuned
 
 Refits the configuration k times (stratified folds over all of the task's samples) and writes
-reports/<task>/<variant>/crossval.json. Each fold is trained the way the final model was: on
-its training folds less a validation slice of the same share as the task's validation part,
-early stopping on that slice; the held-out fold is seen only when it is scored. The
+reports/<task>/<variant>/crossval.json. Each fold is trained the way the final model was: where
+training reads a validation part (early stopping, halving the learning rate), on its training
+folds less a validation slice of the same share as the task's validation part, early stopping
+on that slice; otherwise on all of its training folds. The held-out fold is seen only when it
+is scored. The
 hyperparameters were chosen on the validation part alone; this only measures how well the
 chosen configuration does, as the tutorials' `cross_val_score` did.
 """
@@ -39,9 +41,12 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
     val_share = len(data.y_val) / (len(data.y_train) + len(data.y_val))
     accuracies = []
     for train, held_out in folds.split(x, y):
-        fit_part, val_part = train_test_split(
-            train, test_size=val_share, stratify=y[train], random_state=seed
-        )
+        if settings.train.reads_validation:
+            fit_part, val_part = train_test_split(
+                train, test_size=val_share, stratify=y[train], random_state=seed
+            )
+        else:  # nothing to stop early on: the fold's whole training part is for fitting
+            fit_part, val_part = train, train[:0]
         fold = Split(
             x[fit_part], y[fit_part], x[val_part], y[val_part],
             x[held_out], y[held_out], data.class_names,

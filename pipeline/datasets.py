@@ -15,6 +15,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,6 +212,18 @@ class Split:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> Any:
+    """`x` and `y` as a tf.data pipeline of batches for Keras, shuffled anew each epoch (in an
+    order fixed by `shuffle_seed`) when a seed is given. Keras' own adapter for NumPy arrays
+    spends about 40 ms an epoch setting up its iterator: most of a fit on a small data set."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(x), seed=shuffle_seed)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def load_split(path: str | Path) -> Split:

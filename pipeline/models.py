@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import AugmentConfig, Family, ModelConfig, Optimizer
+from pipeline.config import AugmentConfig, Family, LrSchedule, ModelConfig, Optimizer
 from pipeline.errors import ConfigError, DataError
 
 KERAS_FILE = "model.keras"
@@ -135,6 +135,20 @@ def nan_guard(error: Callable[[str], Exception]) -> Any:
                 )
 
     return NanGuard()
+
+
+def learning_rate_schedule(schedule: LrSchedule, lr: float, epochs: int) -> list[Any]:
+    """The Keras callbacks that set the learning rate by `schedule` (train.lr_schedule) for a
+    fit of `epochs` epochs starting at `lr`: none for a constant rate."""
+    import keras
+
+    if schedule == LrSchedule.constant:
+        return []
+    return [
+        keras.callbacks.LearningRateScheduler(
+            lambda epoch: lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        )
+    ]
 
 
 def build_optimizer(model: ModelConfig) -> Any:

@@ -89,7 +89,14 @@ def keras_callback(model_summary: bool = True) -> Any:
     from mlflow.keras import MlflowCallback
 
     class EpochMetrics(MlflowCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            # Used for several fits in a row (a trial's k folds), it numbers their epochs on
+            # from one fit to the next rather than logging each over the last.
+            self.next_step = 0
+
         def on_train_begin(self, logs: dict | None = None) -> None:
+            self.first_step = self.next_step
             self.pending: list[Metric] = []
             self.flushed_at = time.monotonic()
             if model_summary:
@@ -101,7 +108,9 @@ def keras_callback(model_summary: bool = True) -> Any:
             # about a second per run for its thread to stop. A long run still shows its epochs
             # live, METRICS_FLUSH_SECONDS apart.
             now = int(time.time() * 1000)
-            self.pending += [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()]
+            step = self.first_step + epoch
+            self.next_step = step + 1
+            self.pending += [Metric(k, float(v), now, step) for k, v in (logs or {}).items()]
             if time.monotonic() - self.flushed_at >= METRICS_FLUSH_SECONDS:
                 self.flush()
 

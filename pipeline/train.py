@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config, models, tracking
 from pipeline.cli import stage
-from pipeline.datasets import Split, load_split
+from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.files import atomic_output, write_json
 
@@ -67,14 +67,18 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
                 factor=0.5, patience=settings.train.reduce_lr_patience, verbose=1
             )
         )
+    callbacks += models.learning_rate_schedule(
+        settings.train.lr_schedule, settings.model.optimizer.lr, settings.train.epochs
+    )
     callbacks.append(models.nan_guard(TrainingError))
+    batch_size = settings.train.batch_size
     start = time.perf_counter()
     result = net.fit(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
+        batches(data.x_train, data.y_train, batch_size, shuffle_seed=settings.train.seed),
+        # None where crossval keeps no validation slice: nothing in training reads one.
+        validation_data=batches(data.x_val, data.y_val, batch_size) if len(data.y_val) else None,
         epochs=settings.train.epochs,
-        batch_size=settings.train.batch_size,
+        shuffle=False,  # batches() shuffles; Keras would warn that it cannot
         callbacks=callbacks,
         verbose=2,
     )
@@ -97,6 +101,8 @@ def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     # One row: the solver's final state, in the same columns as a Keras history.
     row = {"epoch": int(np.max(net.n_iter_))}
     for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
+        if not len(y):  # crossval's folds keep no validation slice where training reads none
+            continue
         row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)
         row[f"{prefix}accuracy"] = accuracy_score(y, net.predict(x))
     return Fitted(net, pd.DataFrame([row]), seconds)

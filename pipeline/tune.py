@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline import config, models, plots, search_space, tracking
 from pipeline.cli import stage
-from pipeline.datasets import Split, load_split
+from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.files import atomic_output, sha256_of, write_json, write_text
 
@@ -68,9 +68,38 @@ def make_tuner(
             keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
             return models.build_keras(trial.model, data.input_shape, data.n_classes)
 
-        def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-            batch_size = trial_settings(hp).train.batch_size
-            return model.fit(*args, batch_size=batch_size, **kwargs)
+        def fit(
+            self, hp: Any, model: Any, x: Any, y: Any, validation_data: Any = None, **kwargs: Any
+        ) -> Any:
+            trial = trial_settings(hp)
+            batch_size, seed = trial.train.batch_size, settings.tuner.seed
+            schedule = models.learning_rate_schedule(
+                trial.train.lr_schedule, trial.model.optimizer.lr, kwargs["epochs"]
+            )
+            kwargs["callbacks"] = schedule + kwargs["callbacks"]
+
+            def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
+                return net.fit(
+                    batches(fit_x, fit_y, batch_size, shuffle_seed=seed),
+                    validation_data=batches(*held_out, batch_size),
+                    shuffle=False,  # batches() shuffles
+                    **kwargs,
+                )
+
+            if validation_data is not None:
+                histories = [fit_on(model, x, y, validation_data)]
+            else:  # k-fold: a model per fold, each built alike; Keras Tuner scores their mean
+                folds = StratifiedKFold(settings.tuner.cv_folds, shuffle=True, random_state=seed)
+                histories = [
+                    fit_on(model if i == 0 else self.build(hp), x[part], y[part], (x[out], y[out]))
+                    for i, (part, out) in enumerate(folds.split(x, y))
+                ]
+            if settings.tuner.early_stopping_patience is None:
+                # Scored as the final model is kept, after its last epoch. Keras Tuner would
+                # take the best epoch, picked on the very data that scores it: on small data
+                # that flatters whatever overfits.
+                return [{key: values[-1] for key, values in h.history.items()} for h in histories]
+            return histories
 
     class TrialRuns:
         """Mixed into the tuner: each trial is an MLflow run nested under the search's run."""
@@ -97,7 +126,10 @@ def make_tuner(
         def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)  # the oracle scores the trial here
             if trial.status == "COMPLETED" and trial.score is not None:
-                mlflow.log_metrics({"score": trial.score, "best_step": trial.best_step})
+                scores = {"score": trial.score}
+                if settings.tuner.early_stopping_patience is not None:  # else the last epoch
+                    scores["best_step"] = trial.best_step
+                mlflow.log_metrics(scores)
                 mlflow.end_run()
             else:
                 reason = (trial.message or "trial failed").strip().splitlines()[-1]
@@ -156,10 +188,14 @@ def search(
     # A diverged trial ends FAILED; Keras' TerminateOnNaN alone would let it be scored.
     callbacks.append(models.nan_guard(kt.errors.FailedTrialError))
     x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
+    validation = (data.x_val, data.y_val)
+    if settings.tuner.cv_folds:  # SearchModel.fit cuts the folds from both parts together
+        x, y = np.concatenate([x, data.x_val]), np.concatenate([y, data.y_val])
+        validation = None
     tuner.search(
         x,
         y,
-        validation_data=(data.x_val, data.y_val),
+        validation_data=validation,
         epochs=settings.tuner.max_epochs,
         callbacks=callbacks,
         verbose=2,

@@ -82,10 +82,16 @@ def test_unknown_initializer_fails_naming_the_choices() -> None:
         ("model.hidden_units=[64,0]", "model.hidden_units must all be > 0"),
         ("dataset.split.val_fraction=0.9", "val_fraction \\+ test_fraction must be < 1"),
         ("model.l2=-1", "model.l2 must be >= 0"),
+        ("tuner.cv_folds=1", "tuner.cv_folds must be >= 2"),
+        ("tuner=hyperband tuner.cv_folds=5", "tuner.cv_folds needs tuner=random or tuner=bayesian"),
+        (
+            "train.lr_schedule=cosine train.reduce_lr_patience=2",
+            "train.lr_schedule=cosine sets the learning rate every epoch",
+        ),
     ],
 )
 def test_out_of_range_values_fail_on_load(override: str, message: str) -> None:
-    cfg = compose_config(overrides=(override,))
+    cfg = compose_config(overrides=tuple(override.split()))
     with pytest.raises(ConfigError, match=message):
         config.load(cfg)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import all_runs, mlflow_client
 
@@ -54,6 +56,22 @@ def test_same_seed_gives_the_same_model(run_stage, circles_split: Path, project:
         )
         histories.append((project / "models/circles/baseline/history.csv").read_text())
     assert histories[0] == histories[1]
+
+
+def test_the_cosine_schedule_lowers_the_learning_rate_every_epoch(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage(
+        "train",
+        "experiment=circles/baseline",
+        "train.epochs=4",
+        "train.lr_schedule=cosine",
+        "model.optimizer.lr=0.02",
+        "tracking.log_model=false",
+    )
+    history = pd.read_csv(project / "models/circles/baseline/history.csv")
+    expected = [0.02 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4)]
+    assert list(history["learning_rate"]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_nan_loss_fails_the_run_with_the_reason(

@@ -18,8 +18,8 @@ TINY_SEARCH = (
     "tuner=random",
     "tuner.max_trials=3",
     "tuner.max_epochs=2",
-    "tuner.objective=val_accuracy",  # the preset ranks by val_loss; these tests by accuracy
-    "tuner.direction=max",
+    "tuner.cv_folds=null",  # the preset cross-validates; most tests score on the validation part
+    "search_space.model.family=mlp",  # so that every trial has hidden layers to compare
 )
 
 
@@ -72,6 +72,24 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
     assert float(trained[0].data.params["model.optimizer.lr"]) == best["model"]["optimizer"]["lr"]
 
 
+def test_a_cross_validated_trial_scores_the_mean_of_its_folds_last_epochs(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("tune", *TINY_SEARCH[:4], "tuner.max_trials=2", "tuner.cv_folds=3")
+
+    client = mlflow_client(project)
+    _, trials = runs_by_stage(project)
+    assert len(trials) == 2
+    for trial in trials:
+        history = client.get_metric_history(trial.info.run_id, "val_accuracy")
+        # Three folds of two epochs each, numbered on; no early stopping, so each fold counts
+        # with its last epoch.
+        assert [m.step for m in history] == [0, 1, 2, 3, 4, 5]
+        last_epochs = [m.value for m in history if m.step % 2 == 1]
+        assert trial.data.metrics["score"] == pytest.approx(sum(last_epochs) / 3)
+        assert "best_step" not in trial.data.metrics
+
+
 def test_a_trial_with_a_nan_loss_fails_and_the_search_goes_on(
     run_stage, circles_split: Path, project: Path
 ) -> None:
@@ -79,7 +97,7 @@ def test_a_trial_with_a_nan_loss_fails_and_the_search_goes_on(
         "model:\n  hidden_units: [16]\n  activation: relu\n"
         "  optimizer: {name: sgd, lr: {choice: [1.0e+30, 0.01]}}\n"
     )
-    run_stage("tune", *TINY_SEARCH, "search_space=diverging")
+    run_stage("tune", *TINY_SEARCH[:5], "search_space=diverging")
 
     _, trials = runs_by_stage(project)
     status = {r.data.params["model.optimizer.lr"]: r.info.status for r in trials}
