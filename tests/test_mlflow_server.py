@@ -160,6 +160,7 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
         "tuner=random",
         "tuner.max_trials=2",
         "tuner.max_epochs=2",
+        "tuner.cv_folds=2",
     )
     run_stage("tune", *search, **env)
 
@@ -235,6 +236,7 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
             f"/api/2.0/mlflow/metrics/get-history?run_id={trial['info']['run_id']}"
             "&metric_key=val_accuracy",
         )["metrics"]
-        assert sorted(m["step"] for m in steps) == [0, 1]
+        # Two folds of two epochs each, numbered on across the folds.
+        assert sorted(m["step"] for m in steps) == [0, 1, 2, 3]
     trials_csv = download(base, artifacts_path(search_run["artifact_uri"], "trials.csv")).decode()
     assert trials_csv.startswith("trial_id,status,score")
