@@ -136,6 +136,17 @@ class PathsConfig:
     def model_dir(self, task: str, variant: str) -> Path:
         return Path(self.models) / task / variant
 
+    def search_dir(self, task: str) -> Path:
+        """The tuner's state, kept so that an interrupted search resumes."""
+        return Path(self.models) / task / "search"
+
+    def best_hparams_file(self, task: str) -> Path:
+        return Path(self.models) / task / "best_hparams.yaml"
+
+    def report_dir(self, task: str, variant: str) -> Path:
+        """A model's test figures and metrics; variant "search" holds a search's trials."""
+        return Path(self.reports) / task / variant
+
 
 @dataclass
 class FetchConfig:

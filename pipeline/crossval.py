@@ -8,16 +8,14 @@ reports/<task>/<variant>/crossval.json. Each fold is trained the way the final m
 training reads a validation part (early stopping, halving the learning rate), on its training
 folds less a validation slice of the same share as the task's validation part, early stopping
 on that slice; otherwise on all of its training folds. The held-out fold is seen only when it
-is scored. The
-hyperparameters were chosen on the validation part alone; this only measures how well the
-chosen configuration does, as the tutorials' `cross_val_score` did.
+is scored. The hyperparameters were chosen without the test part; this only measures how well
+the chosen configuration does, as the tutorials' `cross_val_score` did.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -72,7 +70,7 @@ def main(cfg: DictConfig) -> None:
     with tracking.run(settings.run_name, {"crossvalidated": "true"}, run_id=trained["run_id"]):
         mlflow.log_metrics({k: v for k, v in result.items() if k != "cv_folds"})
     write_json(
-        Path(settings.paths.reports) / task / variant / "crossval.json",
+        settings.paths.report_dir(task, variant) / "crossval.json",
         {**result, "cv_accuracies": accuracies},
     )
     log.info(

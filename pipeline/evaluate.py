@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -71,7 +70,7 @@ def main(cfg: DictConfig) -> None:
     confusion = pd.DataFrame({"actual": names[data.y_test], "predicted": names[y_pred]})
     history = pd.read_csv(model_dir / "history.csv")
 
-    out = Path(settings.paths.reports) / task / variant
+    out = settings.paths.report_dir(task, variant)
     title = f"{settings.run_name}: test accuracy {metrics['test_accuracy']:.4f}"
     with atomic_output(out / "figures") as figures:
         figures.mkdir()

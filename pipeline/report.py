@@ -105,17 +105,19 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
     if settings.register_models and "metrics.final_val_accuracy" in runs:
         lines += [register_best(task, runs), ""]
 
-    histories = {
-        variant: pd.read_csv(reports / task / variant / "learning_curve.csv")
+    curve_files = {
+        variant: settings.paths.report_dir(task, variant) / "learning_curve.csv"
         for variant in runs["variant"]
-        if (reports / task / variant / "learning_curve.csv").exists()
+    }
+    histories = {
+        variant: pd.read_csv(path) for variant, path in curve_files.items() if path.exists()
     }
     curves = figures / f"{task}_learning_curves.png"
     plots.learning_curves(histories, curves, f"{task}: learning curves")
     # Links point where the figures folder lands, not at the temporary one being written.
     images = [("learning curves", Path("figures") / curves.name)]
     for variant in runs["variant"][::-1]:  # the searched model's matrix first
-        matrix = reports / task / variant / "figures" / "confusion_matrix.png"
+        matrix = settings.paths.report_dir(task, variant) / "figures" / "confusion_matrix.png"
         if matrix.exists():
             images.append((f"confusion matrix, {variant}", matrix.relative_to(reports)))
             break
@@ -123,7 +125,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         ("best_so_far", "search progress"),
         ("score_by_hyperparameter", "score by hyperparameter"),
     ):
-        searched = reports / task / "search" / "figures" / f"{name}.png"
+        searched = settings.paths.report_dir(task, "search") / "figures" / f"{name}.png"
         if searched.exists():
             images.append((title, searched.relative_to(reports)))
     tuned_dir = settings.paths.model_dir(task, "tuned")

@@ -274,7 +274,7 @@ def main(cfg: DictConfig) -> None:
     task = settings.dataset.name
     split_file = settings.paths.split_file(task)
     data = load_split(split_file)
-    folder = Path(settings.paths.models) / task / "search"
+    folder = settings.paths.search_dir(task)
     digest = fingerprint(cfg, split_file)
     state = open_state(folder, digest)
 
@@ -318,10 +318,15 @@ def main(cfg: DictConfig) -> None:
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
         mlflow.set_tag("best_trial_id", best[0].trial_id)
 
-        reports = Path(settings.paths.reports) / task / "search"
+        reports = settings.paths.report_dir(task, "search")
+        scored_on = (
+            f"mean of {settings.tuner.cv_folds} folds over train+validation"
+            if settings.tuner.cv_folds
+            else "on the validation part"
+        )
         header = (
             f"# Best of {len(trials)} trials ({settings.tuner.algorithm.value}), {objective} "
-            f"{best[0].score:.4f} on the validation part.\n# MLflow: search run {parent_id}, "
+            f"{best[0].score:.4f} {scored_on}.\n# MLflow: search run {parent_id}, "
             f"trial {best[0].trial_id}. Written by `tune`; read by `train` (train.hparams_file).\n"
         )
         best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
@@ -339,7 +344,7 @@ def main(cfg: DictConfig) -> None:
             mlflow.log_artifact(str(reports / "trials.csv"))
             mlflow.log_artifacts(str(figures), "figures")
             mlflow.log_text(best_yaml, "best_hparams.yaml")
-            write_text(Path(settings.paths.models) / task / "best_hparams.yaml", best_yaml)
+            write_text(settings.paths.best_hparams_file(task), best_yaml)
     log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
 
 
