@@ -57,11 +57,15 @@ class Param:
             count = hp.Int(f"{self.path}.layers", *spec["layers"])
             if count is None:  # inside a condition that does not hold
                 return None
-            low, high = spec["units"]
-            return [
-                hp.Int(f"{self.path}.{i}", low, high, step=spec.get("step") or 1)
-                for i in range(count)
-            ]
+            (low, high), most = spec["units"], spec["layers"][1]
+            # Every layer's units are declared on every build, each active while the count
+            # reaches it, so that Keras Tuner has them all before its first draw; declared only
+            # once a trial reached them, the draws after that trial varied between processes.
+            units = []
+            for i in range(most):
+                with hp.conditional_scope(f"{self.path}.layers", list(range(i + 1, most + 1))):
+                    units.append(hp.Int(f"{self.path}.{i}", low, high, step=spec.get("step") or 1))
+            return units[:count]
         if all(isinstance(spec[key], int) for key in ("min", "max")) and not spec.get("log"):
             return hp.Int(self.path, spec["min"], spec["max"], step=spec.get("step") or 1)
         sampling = "log" if spec.get("log") else "linear"

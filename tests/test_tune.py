@@ -197,3 +197,21 @@ def test_a_boolean_choice_comes_back_as_a_boolean() -> None:
     params = search_space.parse({"model": {"batch_norm": {"choice": [True, False]}}})
     values = search_space.values_for(params, kt.HyperParameters())
     assert values["model.batch_norm"] is True  # not 1, which would also compare equal
+
+
+def test_every_layers_units_are_in_the_space_before_a_trial_reaches_them() -> None:
+    import keras_tuner as kt
+
+    from pipeline import search_space
+
+    params = search_space.parse(
+        {"model": {"hidden_units": {"layers": [1, 3], "units": [16, 64], "step": 16}}}
+    )
+    hp = kt.HyperParameters()
+    # One layer at first, yet the oracle is told of all three layers' units: declared only once
+    # a trial reached them, the draws after that trial varied between processes.
+    assert search_space.values_for(params, hp) == {"model.hidden_units": [16]}
+    assert {p.name for p in hp.space} >= {f"model.hidden_units.{i}" for i in range(3)}
+    hp.values["model.hidden_units.layers"] = 2
+    hp.ensure_active_values()  # as the oracle does for a trial
+    assert len(search_space.values_for(params, hp)["model.hidden_units"]) == 2
