@@ -157,10 +157,22 @@ def hydra_sweep_tags() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git.
+
+    The pipeline's own tracked outputs (dvc.lock, reports/) do not count: `dvc repro` rewrites
+    them before the last stage runs, which would mark every repro of a clean checkout dirty.
+    """
     try:
         commit = _git("rev-parse", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)dvc.lock",
+            ":(exclude)reports",
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
