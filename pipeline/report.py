@@ -80,10 +80,10 @@ def best_run(runs: pd.DataFrame) -> pd.Series:
     Small validation parts tie often (circles: 20 points, both models 0.95), and the searched
     model's configuration was chosen on more evidence (every trial, k folds where set).
     """
-    searched_first = runs.sort_values("variant", key=lambda v: v.map(_variant_order))[::-1]
-    return searched_first.sort_values(
-        "metrics.final_val_accuracy", ascending=False, kind="stable"
-    ).iloc[0]
+    ranked = runs.assign(searched=runs["variant"] == "tuned").sort_values(
+        ["metrics.final_val_accuracy", "searched"], ascending=False
+    )
+    return ranked.iloc[0]
 
 
 def register_best(task: str, runs: pd.DataFrame) -> str:
