@@ -76,8 +76,7 @@ def compose(experiment: str, trials: int, epochs: int, extra: list[str]) -> Any:
 
 
 def split_file(settings: Any) -> Path:
-    data = Path(settings.paths.data)
-    return (data if data.is_absolute() else ROOT / data) / "split" / f"{settings.dataset.name}.npz"
+    return ROOT / settings.paths.read.split_file(settings.dataset.name)
 
 
 def draws(tuner: Any) -> str:

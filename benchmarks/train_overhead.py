@@ -48,7 +48,7 @@ config.register()
 with initialize_config_dir(config_dir=str(Path.cwd() / "conf"), version_base="1.3"):
     cfg = compose("config", overrides=[f"experiment={dataset}/baseline", f"train.epochs={epochs}"])
 settings = config.load(cfg)
-data = load_split(Path(settings.paths.data) / "split" / f"{settings.dataset.name}.npz")
+data = load_split(settings.paths.read.split_file(settings.dataset.name))
 
 import keras
 
@@ -97,7 +97,7 @@ def time_pipeline(dataset: str, epochs: int, scratch: Path, tracking_uri: str) -
         "pipeline.train",
         f"experiment={dataset}/baseline",
         f"train.epochs={epochs}",
-        f"paths.models={models}",
+        f"paths.outputs={scratch}",
     ]
     seconds, _ = run(" ".join(command[1:]), command, quiet_env(MLFLOW_TRACKING_URI=tracking_uri))
     # The stage names its output folder after the task and variant, as in the preset.

@@ -8,6 +8,7 @@ ranges, so every stage fails on a bad value before it does any work.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -123,29 +124,59 @@ class CirclesSource:
         _check(self.noise >= 0, f"source.noise must be >= 0, got {self.noise}")
 
 
-@dataclass
-class PathsConfig:
-    data: str = "data"
-    models: str = "models"
-    reports: str = "reports"
+@dataclass(frozen=True)
+class Layout:
+    """Where stages meet, under one root folder (dvc.yaml names the same paths)."""
 
-    # Where stages meet (dvc.yaml names the same paths).
+    root: Path
+
+    def raw_file(self, source: str) -> Path:
+        return self.root / "data" / "raw" / f"{source}.npz"
+
     def split_file(self, task: str) -> Path:
-        return Path(self.data) / "split" / f"{task}.npz"
+        return self.root / "data" / "split" / f"{task}.npz"
 
     def model_dir(self, task: str, variant: str) -> Path:
-        return Path(self.models) / task / variant
+        return self.root / "models" / task / variant
 
     def search_dir(self, task: str) -> Path:
         """The tuner's state, kept so that an interrupted search resumes."""
-        return Path(self.models) / task / "search"
+        return self.root / "models" / task / "search"
 
     def best_hparams_file(self, task: str) -> Path:
-        return Path(self.models) / task / "best_hparams.yaml"
+        return self.root / "models" / task / "best_hparams.yaml"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     def report_dir(self, task: str, variant: str) -> Path:
         """A model's test figures and metrics; variant "search" holds a search's trials."""
-        return Path(self.reports) / task / variant
+        return self.reports / task / variant
+
+
+@dataclass
+class PathsConfig:
+    # What earlier stages wrote is read from the pipeline's folders (data/, models/, reports/
+    # under `inputs`); what this job writes goes under `outputs`, Hydra's job folder
+    # (outputs/<date>/<time>, or multirun/<sweep>/<job> in a -m sweep). dvc.yaml's commands ask
+    # for the pipeline's own folders with `hydra.run.dir=.`; a run by hand or a sweep never
+    # overwrites them.
+    inputs: str = "."
+    outputs: str | None = None  # None: Hydra's job folder (the current folder outside Hydra)
+
+    @property
+    def read(self) -> Layout:
+        return Layout(Path(self.inputs))
+
+    @property
+    def write(self) -> Layout:
+        if self.outputs is not None:
+            return Layout(Path(self.outputs))
+        from hydra.core.hydra_config import HydraConfig
+
+        job = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
+        return Layout(Path(os.path.relpath(job)))
 
 
 @dataclass

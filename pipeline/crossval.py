@@ -22,11 +22,10 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import config, models, tracking
+from pipeline import config, models, tracking, training
 from pipeline.cli import stage
 from pipeline.datasets import Split, load_split
 from pipeline.files import write_json
-from pipeline.train import fit, with_hparams
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +48,17 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
             x[fit_part], y[fit_part], x[val_part], y[val_part],
             x[held_out], y[held_out], data.class_names,
         )  # fmt: skip
-        fitted = fit(settings, fold, [])
+        fitted = training.fit(settings, fold, [])
         accuracies.append(models.accuracy(fitted.net, x[held_out], y[held_out]))
     return accuracies
 
 
 @stage("config")
 def main(cfg: DictConfig) -> None:
-    settings: config.Config = config.load(with_hparams(cfg))
+    settings: config.Config = config.load(training.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
-    trained = json.loads((settings.paths.model_dir(task, variant) / "run.json").read_text())
-    data = load_split(settings.paths.split_file(task))
+    trained = json.loads((settings.paths.read.model_dir(task, variant) / "run.json").read_text())
+    data = load_split(settings.paths.read.split_file(task))
     accuracies = fold_accuracies(settings, data)
     result = {
         "cv_accuracy_mean": float(np.mean(accuracies)),
@@ -70,7 +69,7 @@ def main(cfg: DictConfig) -> None:
     with tracking.run(settings.run_name, {"crossvalidated": "true"}, run_id=trained["run_id"]):
         mlflow.log_metrics({k: v for k, v in result.items() if k != "cv_folds"})
     write_json(
-        settings.paths.report_dir(task, variant) / "crossval.json",
+        settings.paths.write.report_dir(task, variant) / "crossval.json",
         {**result, "cv_accuracies": accuracies},
     )
     log.info(

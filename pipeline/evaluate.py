@@ -51,12 +51,12 @@ def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant
-    model_dir = settings.paths.model_dir(task, variant)
+    model_dir = settings.paths.read.model_dir(task, variant)
     run_file = model_dir / "run.json"
     if not run_file.exists():
         raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
     trained = json.loads(run_file.read_text())
-    data = load_split(settings.paths.split_file(task))
+    data = load_split(settings.paths.read.split_file(task))
     net = models.load(model_dir)
 
     # The validation score of the model as saved (early stopping may have restored an earlier
@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> None:
     confusion = pd.DataFrame({"actual": names[data.y_test], "predicted": names[y_pred]})
     history = pd.read_csv(model_dir / "history.csv")
 
-    out = settings.paths.report_dir(task, variant)
+    out = settings.paths.write.report_dir(task, variant)
     title = f"{settings.run_name}: test accuracy {metrics['test_accuracy']:.4f}"
     with atomic_output(out / "figures") as figures:
         figures.mkdir()

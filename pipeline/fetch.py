@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     settings: config.FetchConfig = config.load(cfg)
     source = settings.source
-    data = Path(settings.paths.data)
-    downloads = data / "downloads"
+    downloads = settings.paths.write.root / "data" / "downloads"
     mirror = Path(settings.mirror) if settings.mirror else None
     if mirror is not None:
         log.info("taking %s from the mirror %s", source.name, mirror)
@@ -36,7 +35,7 @@ def main(cfg: DictConfig) -> None:
     else:
         arrays = datasets.make_circles(source)
 
-    out = data / "raw" / f"{source.name}.npz"
+    out = settings.paths.write.raw_file(source.name)
     save_npz(out, **arrays)
     log.info("%s: %s", out, {key: value.shape for key, value in arrays.items()})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import mlflow
@@ -106,9 +107,8 @@ def register_best(task: str, runs: pd.DataFrame) -> str:
 
 
 def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str:
-    models_dir = Path(settings.paths.models)
-    reports = Path(settings.paths.reports)
-    runs = task_runs(task, models_dir)
+    read = settings.paths.read
+    runs = task_runs(task, read.root / "models")
     if runs.empty:
         return f"## {task}\n\nNo trained model yet.\n"
     table = results_table(runs)
@@ -118,7 +118,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         lines += [register_best(task, runs), ""]
 
     curve_files = {
-        variant: settings.paths.report_dir(task, variant) / "learning_curve.csv"
+        variant: read.report_dir(task, variant) / "learning_curve.csv"
         for variant in runs["variant"]
     }
     histories = {
@@ -126,23 +126,28 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
     }
     curves = figures / f"{task}_learning_curves.png"
     plots.learning_curves(histories, curves, f"{task}: learning curves")
+
+    def link(path: Path) -> str:
+        """`path` as seen from the report, which may be written elsewhere than it reads."""
+        return os.path.relpath(path.resolve(), settings.paths.write.reports.resolve())
+
     # Links point where the figures folder lands, not at the temporary one being written.
     images = [("learning curves", Path("figures") / curves.name)]
     for variant in runs["variant"][::-1]:  # the searched model's matrix first
-        matrix = settings.paths.report_dir(task, variant) / "figures" / "confusion_matrix.png"
+        matrix = read.report_dir(task, variant) / "figures" / "confusion_matrix.png"
         if matrix.exists():
-            images.append((f"confusion matrix, {variant}", matrix.relative_to(reports)))
+            images.append((f"confusion matrix, {variant}", link(matrix)))
             break
     for name, title in (
         ("best_so_far", "search progress"),
         ("score_by_hyperparameter", "score by hyperparameter"),
     ):
-        searched = settings.paths.report_dir(task, "search") / "figures" / f"{name}.png"
+        searched = read.report_dir(task, "search") / "figures" / f"{name}.png"
         if searched.exists():
-            images.append((title, searched.relative_to(reports)))
-    tuned_dir = settings.paths.model_dir(task, "tuned")
+            images.append((title, link(searched)))
+    tuned_dir = read.model_dir(task, "tuned")
     if task == "circles" and tuned_dir.exists():
-        data = load_split(settings.paths.split_file(task))
+        data = load_split(read.split_file(task))
         net = models.load(tuned_dir)
         boundary = figures / f"{task}_decision_boundary.png"
         plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")
@@ -154,8 +159,8 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
 @stage("report")
 def main(cfg: DictConfig) -> None:
     settings: config.ReportConfig = config.load(cfg)
-    reports = Path(settings.paths.reports)
-    split_files = sorted(Path(settings.paths.data).glob("split/*.npz"))
+    read, reports = settings.paths.read, settings.paths.write.reports
+    split_files = sorted((read.root / "data" / "split").glob("*.npz"))
     header = [
         "# Results",
         "",
@@ -164,7 +169,10 @@ def main(cfg: DictConfig) -> None:
         "refits the final configuration on stratified folds of all samples.",
         "",
         f"- code: git commit `{tracking.git_commit()}`",
-        *[f"- data: `{path}` sha256 `{sha256_of(path)}`" for path in split_files],
+        *[
+            f"- data: `{path.relative_to(read.root)}` sha256 `{sha256_of(path)}`"
+            for path in split_files
+        ],
         "",
     ]
     sections = []

@@ -10,7 +10,6 @@ is fitted on the training part only; the test part is set aside here and read ag
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
@@ -88,7 +87,7 @@ def standardize(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     dataset = settings.dataset
-    raw_file = Path(settings.paths.data) / "raw" / f"{dataset.source}.npz"
+    raw_file = settings.paths.read.raw_file(dataset.source)
     if not raw_file.exists():
         raise DataError(f"{raw_file}: no such file; run `dvc repro fetch@{dataset.source}` first")
     with np.load(raw_file) as raw:
@@ -104,7 +103,7 @@ def main(cfg: DictConfig) -> None:
         parts = standardize(parts)
 
     extra = {"label_errata_changed": arrays["errata_changed"]} if "errata_changed" in arrays else {}
-    out = settings.paths.split_file(dataset.name)
+    out = settings.paths.write.split_file(dataset.name)
     save_npz(out, **parts, class_names=np.array([str(c) for c in classes]), **extra)
     log.info(
         "%s: train %d, validation %d, test %d",

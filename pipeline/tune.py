@@ -272,9 +272,9 @@ def main(cfg: DictConfig) -> None:
     search_space.check(params, cfg)
 
     task = settings.dataset.name
-    split_file = settings.paths.split_file(task)
+    split_file = settings.paths.read.split_file(task)
     data = load_split(split_file)
-    folder = settings.paths.search_dir(task)
+    folder = settings.paths.write.search_dir(task)
     digest = fingerprint(cfg, split_file)
     state = open_state(folder, digest)
 
@@ -318,7 +318,7 @@ def main(cfg: DictConfig) -> None:
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
         mlflow.set_tag("best_trial_id", best[0].trial_id)
 
-        reports = settings.paths.report_dir(task, "search")
+        reports = settings.paths.write.report_dir(task, "search")
         scored_on = (
             f"mean of {settings.tuner.cv_folds} folds over train+validation"
             if settings.tuner.cv_folds
@@ -344,7 +344,7 @@ def main(cfg: DictConfig) -> None:
             mlflow.log_artifact(str(reports / "trials.csv"))
             mlflow.log_artifacts(str(figures), "figures")
             mlflow.log_text(best_yaml, "best_hparams.yaml")
-            write_text(settings.paths.best_hparams_file(task), best_yaml)
+            write_text(settings.paths.write.best_hparams_file(task), best_yaml)
     log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
 
 

@@ -42,13 +42,15 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run_stage(project: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `python -m pipeline.<stage> <overrides>` in the project copy, as DVC would."""
+    """Run `python -m pipeline.<stage> <overrides>` in the project copy, as DVC would (into the
+    pipeline's own folders, hydra.run.dir=.); `by_hand=True` runs it as a user would."""
 
     def run(
-        stage: str, *overrides: str, check: bool = True, **env: str
+        stage: str, *overrides: str, check: bool = True, by_hand: bool = False, **env: str
     ) -> subprocess.CompletedProcess:
+        as_dvc = () if by_hand else ("hydra.run.dir=.",)
         result = subprocess.run(
-            [sys.executable, "-m", f"pipeline.{stage}", *overrides],
+            [sys.executable, "-m", f"pipeline.{stage}", *overrides, *as_dvc],
             cwd=project,
             env=stage_env(**env),
             capture_output=True,

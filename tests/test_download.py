@@ -512,7 +512,7 @@ def run_fetch(
     if mirror is not None:
         env["PIPELINE_DATA_MIRROR"] = str(mirror)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.fetch", "source=mnist", *overrides],
+        [sys.executable, "-m", "pipeline.fetch", "source=mnist", "hydra.run.dir=.", *overrides],
         cwd=cwd,
         env=env,
         capture_output=True,

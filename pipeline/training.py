@@ -1,0 +1,102 @@
+"""Fitting a configured model: what `train` and `crossval` share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import config, models
+from pipeline.datasets import Split, batches
+from pipeline.errors import ConfigError, TrainingError
+
+
+@dataclass
+class Fitted:
+    net: Any
+    history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
+    seconds: float
+
+
+def with_hparams(cfg: DictConfig) -> DictConfig:
+    """The config with `train.hparams_file` (what `tune` found) merged over it."""
+    path = cfg.train.hparams_file
+    if not path:
+        return cfg
+    if not Path(path).exists():
+        raise ConfigError(f"train.hparams_file: {path} does not exist; run the tune stage first")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.load(path))
+    except Exception as error:
+        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+
+
+def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:
+    import keras
+
+    keras.utils.set_random_seed(settings.train.seed)
+    net = models.build_keras(settings.model, data.input_shape, data.n_classes)
+    callbacks = list(callbacks)
+    if settings.train.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                patience=settings.train.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    if settings.train.reduce_lr_patience is not None:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                factor=0.5, patience=settings.train.reduce_lr_patience, verbose=1
+            )
+        )
+    callbacks += models.learning_rate_schedule(
+        settings.train.lr_schedule, settings.model.optimizer.lr, settings.train.epochs
+    )
+    callbacks.append(models.nan_guard(TrainingError))
+    batch_size = settings.train.batch_size
+    start = time.perf_counter()
+    result = net.fit(
+        batches(data.x_train, data.y_train, batch_size, shuffle_seed=settings.train.seed),
+        # None where crossval keeps no validation slice: nothing in training reads one.
+        validation_data=batches(data.x_val, data.y_val, batch_size) if len(data.y_val) else None,
+        epochs=settings.train.epochs,
+        shuffle=False,  # batches() shuffles; Keras would warn that it cannot
+        callbacks=callbacks,
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    history = pd.DataFrame(result.history)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    return Fitted(net, history, seconds)
+
+
+def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
+    from sklearn.metrics import accuracy_score, log_loss
+
+    net = models.build_sklearn(settings.model, settings.train.epochs, settings.train.seed)
+    flat = {
+        part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))
+    }
+    start = time.perf_counter()
+    net.fit(flat["train"], data.y_train)
+    seconds = time.perf_counter() - start
+    # One row: the solver's final state, in the same columns as a Keras history.
+    row = {"epoch": int(np.max(net.n_iter_))}
+    for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
+        if not len(y):  # crossval's folds keep no validation slice where training reads none
+            continue
+        row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)
+        row[f"{prefix}accuracy"] = accuracy_score(y, net.predict(x))
+    return Fitted(net, pd.DataFrame([row]), seconds)
+
+
+def fit(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:
+    """Train the configured model on `data`; `callbacks` go to Keras' fit."""
+    if models.is_keras(settings.model):
+        return fit_keras(settings, data, callbacks)
+    return fit_sklearn(settings, data)
