@@ -36,8 +36,15 @@ def one_line(error: BaseException) -> str:
     return ": ".join(lines)
 
 
-def stage(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
-    """Turn `run(cfg)` into a Hydra command-line entry point reading conf/<config_name>.yaml."""
+def stage(
+    config_name: str, reads: tuple[str, ...]
+) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+    """Turn `run(cfg)` into a Hydra command-line entry point reading conf/<config_name>.yaml.
+
+    `reads`: the config keys the stage uses (a section, or one key of it). dvc.yaml lists as the
+    stage's params every config file it composes that sets one of them, and no other
+    (tests/test_dvc_yaml.py checks this).
+    """
     config.register()
 
     def decorate(run: Callable[[DictConfig], None]) -> Callable[[], None]:
@@ -69,6 +76,7 @@ def stage(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable
             if failures:
                 sys.exit(1)
 
+        main.reads = reads  # type: ignore[attr-defined]
         return main
 
     return decorate

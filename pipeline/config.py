@@ -151,8 +151,9 @@ class Layout:
         return self.root / "reports"
 
     def report_dir(self, task: str, variant: str) -> Path:
-        """A model's test figures and metrics; variant "search" holds a search's trials."""
-        return self.reports / task / variant
+        """A model's test figures and metrics; variant "search" holds a search's trials. Apart
+        from the report's own files, so that `report` can read them all as one folder."""
+        return self.reports / "models" / task / variant
 
 
 @dataclass
@@ -410,10 +411,20 @@ class Config:
 
 @dataclass
 class ReportConfig:
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[str] | None = None  # None: every task of conf/tasks.yaml
     register_models: bool = True  # each task's best model into the MLflow model registry
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+TASKS_FILE = Path("conf") / "tasks.yaml"
+
+
+def pipeline_tasks() -> list[str]:
+    """The tasks of conf/tasks.yaml, the list dvc.yaml's stages run (stages start at the root)."""
+    import yaml
+
+    return list(yaml.safe_load(TASKS_FILE.read_text())["tasks"])
 
 
 def register() -> None:

@@ -53,7 +53,7 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
     return accuracies
 
 
-@stage("config")
+@stage("config", reads=("dataset", "model", "train", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(training.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant

@@ -19,7 +19,7 @@ from pipeline.files import save_npz
 log = logging.getLogger(__name__)
 
 
-@stage("fetch")
+@stage("fetch", reads=("source", "mirror", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.FetchConfig = config.load(cfg)
     source = settings.source

@@ -156,7 +156,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
     return "\n".join(lines) + "\n"
 
 
-@stage("report")
+@stage("report", reads=("tasks", "register_models", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.ReportConfig = config.load(cfg)
     read, reports = settings.paths.read, settings.paths.write.reports
@@ -178,7 +178,7 @@ def main(cfg: DictConfig) -> None:
     sections = []
     with atomic_output(reports / "figures") as figures:
         figures.mkdir()
-        for task in settings.tasks:
+        for task in settings.tasks or config.pipeline_tasks():
             tracking.use_experiment(task, settings.tracking.uri)
             sections.append(task_section(task, settings, figures))
     write_text(reports / "README.md", "\n".join(header + sections))

@@ -83,7 +83,7 @@ def standardize(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-@stage("config")
+@stage("config", reads=("dataset", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     dataset = settings.dataset

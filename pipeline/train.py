@@ -43,7 +43,7 @@ def log_model(net: Any) -> None:
         )
 
 
-@stage("config")
+@stage("config", reads=("dataset", "model", "train", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     cfg = training.with_hparams(cfg)
     settings: config.Config = config.load(cfg)

@@ -261,7 +261,14 @@ def end_stale_trial_runs(parent_run_id: str) -> None:
         client.set_terminated(run_id, "KILLED")
 
 
-@stage("config")
+@stage(
+    "config",
+    # Of `train`, only what every trial trains with; not the final training's epochs or stopping.
+    reads=(
+        "dataset", "model", "tuner", "search_space",
+        "train.batch_size", "train.lr_schedule", "tracking", "paths",
+    ),  # fmt: skip
+)
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     params = search_space.parse(settings.search_space)

@@ -54,6 +54,11 @@ def shell(repo: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
     return result
 
 
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` says changed (their own deps or outputs, not upstream's)."""
+    return set(json.loads(shell(repo, "dvc", "status", "--json").stdout))
+
+
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -73,8 +78,10 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
     )
     edit(sources, r"image_size: \d+", "image_size: 16")
     for preset in (project / "conf/experiment").rglob("*.yaml"):
-        edit(preset, r"epochs: \d+", "epochs: 2")  # max_epochs of the searches too
-    edit(project / "conf/experiment/circles/tuned.yaml", r"max_trials: \d+", "max_trials: 2")
+        edit(preset, r"epochs: \d+", "epochs: 2")
+    for search in (project / "conf/search").glob("*.yaml"):
+        edit(search, r"max_epochs: \d+", "max_epochs: 2")
+    edit(project / "conf/search/circles.yaml", r"max_trials: \d+", "max_trials: 2")
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")
@@ -111,7 +118,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     shown = json.loads(shell(repo, "dvc", "metrics", "show", "--json").stdout)
     metrics = next(iter(shown.values()))["data"]
     for name in TASK_RUNS:
-        accuracy = metrics[f"reports/{name}/metrics.json"]["data"]["test_accuracy"]
+        accuracy = metrics[f"reports/models/{name}/metrics.json"]["data"]["test_accuracy"]
         assert accuracy == by_name[name].data.metrics["test_accuracy"]
 
     searches = [r for r in all_runs(client) if r.data.tags.get("stage") == "tune"]
@@ -122,7 +129,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         assert f"## {task}" in report and f"models:/{task}/1" in report
     assert "k-fold accuracy" in report
     assert (repo / "reports/figures/circles_decision_boundary.png").exists()
-    crossval = json.loads((repo / "reports/circles/tuned/crossval.json").read_text())
+    crossval = json.loads((repo / "reports/models/circles/tuned/crossval.json").read_text())
     assert crossval["cv_folds"] == 5 and 0 <= crossval["cv_accuracy_mean"] <= 1
 
     # The registered model scores in a fresh process as evaluate reported.
@@ -153,7 +160,37 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         "train@circles-baseline",
         "train_tuned@circles",
         "evaluate@circles-baseline",
-        "evaluate@circles-tuned",
+        "evaluate_tuned@circles",
         "crossval@circles",
         "report",
     }
+
+    # A base file reruns exactly the stages that read it: the CNN's is read by the searches
+    # built on it and the trainings of models built on it, not by circles' or their evaluation.
+    edit(repo / "conf/model/cnn.yaml", r"kernel_size: 3", "kernel_size: 5")
+    assert changed_stages(repo) == {
+        "tune@mnist",
+        "tune@sign_digits",
+        "train@sign_digits-baseline",
+        "train_tuned@mnist",
+        "train_tuned@sign_digits",
+    }
+    edit(repo / "conf/model/cnn.yaml", r"kernel_size: 5", "kernel_size: 3")
+    # The final training's epochs retrain the model, but do not rerun its search.
+    edit(repo / "conf/experiment/circles/tuned.yaml", r"epochs: 2", "epochs: 3")
+    assert changed_stages(repo) == {
+        "train_tuned@circles",
+        "evaluate_tuned@circles",
+        "crossval@circles",
+    }
+    edit(repo / "conf/experiment/circles/tuned.yaml", r"epochs: 3", "epochs: 2")
+    assert changed_stages(repo) == set()
+
+    # Runs by hand and a -m sweep write under their own job folders: the pipeline's outputs
+    # stay as dvc repro left them.
+    sweep = ("model.optimizer.lr=0.001,0.01", "train.epochs=2", "tracking.log_model=false")
+    shell(repo, sys.executable, "-m", "pipeline.train", "-m", "experiment=circles/baseline", *sweep)
+    shell(repo, sys.executable, "-m", "pipeline.train", "experiment=circles/baseline")
+    assert len(list(repo.glob("multirun/*/[01]/models/circles/baseline/run.json"))) == 2
+    assert len(list(repo.glob("outputs/*/*/models/circles/baseline/run.json"))) == 1
+    assert changed_stages(repo) == set()
