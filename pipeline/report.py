@@ -108,7 +108,7 @@ def register_best(task: str, runs: pd.DataFrame) -> str:
 
 def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str:
     read = settings.paths.read
-    runs = task_runs(task, read.root / "models")
+    runs = task_runs(task, read.path("models"))
     if runs.empty:
         return f"## {task}\n\nNo trained model yet.\n"
     table = results_table(runs)
@@ -160,7 +160,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
 def main(cfg: DictConfig) -> None:
     settings: config.ReportConfig = config.load(cfg)
     read, reports = settings.paths.read, settings.paths.write.reports
-    split_files = sorted((read.root / "data" / "split").glob("*.npz"))
+    split_files = sorted(read.path("data", "split").glob("*.npz"))
     header = [
         "# Results",
         "",
@@ -170,7 +170,7 @@ def main(cfg: DictConfig) -> None:
         "",
         f"- code: git commit `{tracking.git_commit()}`",
         *[
-            f"- data: `{path.relative_to(read.root)}` sha256 `{sha256_of(path)}`"
+            f"- data: `data/split/{path.name}` sha256 `{sha256_of(path)}`"
             for path in split_files
         ],
         "",

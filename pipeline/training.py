@@ -24,11 +24,15 @@ class Fitted:
 
 
 def with_hparams(cfg: DictConfig) -> DictConfig:
-    """The config with `train.hparams_file` (what `tune` found) merged over it."""
-    path = cfg.train.hparams_file
-    if not path:
+    """The config with `train.hparams_file` (what `tune` found) merged over it. A relative path
+    is found like any earlier stage's output: in this job's folder, else the pipeline's."""
+    if not cfg.train.hparams_file:
         return cfg
-    if not Path(path).exists():
+    path = Path(cfg.train.hparams_file)
+    if not path.is_absolute():
+        paths: config.PathsConfig = OmegaConf.to_object(cfg.paths)
+        path = paths.read.path(str(path))
+    if not path.exists():
         raise ConfigError(f"train.hparams_file: {path} does not exist; run the tune stage first")
     try:
         return OmegaConf.merge(cfg, OmegaConf.load(path))
