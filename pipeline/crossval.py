@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 
-import mlflow
 import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -57,7 +56,10 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(training.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
-    trained = json.loads((settings.paths.read.model_dir(task, variant) / "run.json").read_text())
+    run_file = settings.paths.read.model_dir(task, variant) / "run.json"
+    trained = json.loads(run_file.read_text())
+    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.require_run(trained["run_id"], run_file)
     data = load_split(settings.paths.read.split_file(task))
     accuracies = fold_accuracies(settings, data)
     result = {
@@ -65,9 +67,12 @@ def main(cfg: DictConfig) -> None:
         "cv_accuracy_std": float(np.std(accuracies)),
         "cv_folds": len(accuracies),
     }
-    tracking.use_experiment(task, settings.tracking.uri)
-    with tracking.run(settings.run_name, {"crossvalidated": "true"}, run_id=trained["run_id"]):
-        mlflow.log_metrics({k: v for k, v in result.items() if k != "cv_folds"})
+    # Added to the train run by id, not reopened: its status and end time stay train's.
+    tracking.add_to_run(
+        trained["run_id"],
+        {k: v for k, v in result.items() if k != "cv_folds"},
+        {"crossvalidated": "true"},
+    )
     write_json(
         settings.paths.write.report_dir(task, variant) / "crossval.json",
         {**result, "cv_accuracies": accuracies},

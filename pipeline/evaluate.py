@@ -56,7 +56,10 @@ def main(cfg: DictConfig) -> None:
     if not run_file.exists():
         raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
     trained = json.loads(run_file.read_text())
-    data = load_split(settings.paths.read.split_file(task))
+    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.require_run(trained["run_id"], run_file)
+    split_file = settings.paths.read.split_file(task)
+    data = load_split(split_file)
     net = models.load(model_dir)
 
     # The validation score of the model as saved (early stopping may have restored an earlier
@@ -81,10 +84,15 @@ def main(cfg: DictConfig) -> None:
         plots.confusion_matrix(
             data.y_test, y_pred, data.class_names, figures / "confusion_matrix.png", title
         )
-        tracking.use_experiment(task, settings.tracking.uri)
-        with tracking.run(settings.run_name, {"evaluated": "true"}, run_id=trained["run_id"]):
-            mlflow.log_metrics({**metrics, "final_val_accuracy": val_accuracy})
-            mlflow.log_artifacts(str(figures), "evaluation")
+        # Added to the train run by id, not reopened: its status and end time stay train's,
+        # and an evaluate that fails or is killed here leaves it as train left it. The tag
+        # comes last, with the metrics, so that it is never there without them.
+        run_id = trained["run_id"]
+        mlflow.MlflowClient().log_artifacts(run_id, str(figures), "evaluation")
+        tracking.log_split(run_id, split_file, data, parts=("test",))
+        tracking.add_to_run(
+            run_id, {**metrics, "final_val_accuracy": val_accuracy}, {"evaluated": "true"}
+        )
         with atomic_output(out / "confusion.csv") as tmp:
             confusion.to_csv(tmp, index=False)
         with atomic_output(out / "learning_curve.csv") as tmp:

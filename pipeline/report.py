@@ -5,7 +5,7 @@
 Every number comes from the MLflow store (`mlflow.search_runs`, for the runs named in each
 models/<task>/<variant>/run.json) or from the stage outputs; the figures are PNGs beside it.
 Each task's best model (by validation accuracy: the test part picks nothing) is registered in
-the MLflow model registry under the task's name.
+the MLflow model registry under the task's name, with the alias `champion`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pipeline.datasets import load_split
 from pipeline.files import atomic_output, sha256_of, write_text
 
 log = logging.getLogger(__name__)
+
+CHAMPION = "champion"  # the registry alias of each task's chosen model
 
 # Report column -> column of mlflow.search_runs' frame.
 COLUMNS = {
@@ -88,21 +90,33 @@ def best_run(runs: pd.DataFrame) -> pd.Series:
 
 
 def register_best(task: str, runs: pd.DataFrame) -> str:
-    """Register `best_run(runs)` in the model registry; returns a line for the report."""
+    """Register `best_run(runs)` in the model registry as model `task` with the alias
+    `champion`; returns a line for the report.
+
+    A run registered before keeps its version: the report reruns whenever any of its inputs
+    change, and a new version each time would number the same model many times over.
+    """
     best = best_run(runs)
-    version = mlflow.register_model(
-        f"runs:/{best['run_id']}/model",
-        name=task,
-        tags={
-            "variant": best["variant"],
-            "test_accuracy": f"{best['metrics.test_accuracy']:.6f}",
-            "val_accuracy": f"{best['metrics.final_val_accuracy']:.6f}",
-        },
-    )
+    client = mlflow.MlflowClient()
+    registered = client.search_model_versions(f"name = '{task}' and run_id = '{best['run_id']}'")
+    if registered:
+        version = max(registered, key=lambda v: int(v.version))
+    else:
+        version = mlflow.register_model(
+            f"runs:/{best['run_id']}/model",
+            name=task,
+            tags={
+                "variant": best["variant"],
+                "test_accuracy": f"{best['metrics.test_accuracy']:.6f}",
+                "val_accuracy": f"{best['metrics.final_val_accuracy']:.6f}",
+            },
+        )
+    client.set_registered_model_alias(task, CHAMPION, version.version)
     return (
-        f"Registered in MLflow as model `{task}` version {version.version}: the {best['variant']} "
-        f"model (best validation accuracy {best['metrics.final_val_accuracy']:.4f}); load it with "
-        f"`mlflow.pyfunc.load_model('models:/{task}/{version.version}')`."
+        f"Registered in MLflow as model `{task}` version {version.version}, alias `{CHAMPION}`: "
+        f"the {best['variant']} model, chosen by best validation accuracy "
+        f"({best['metrics.final_val_accuracy']:.4f}; a tie goes to the searched model); load it "
+        f"with `mlflow.pyfunc.load_model('models:/{task}@{CHAMPION}')`."
     )
 
 
@@ -169,10 +183,7 @@ def main(cfg: DictConfig) -> None:
         "refits the final configuration on stratified folds of all samples.",
         "",
         f"- code: git commit `{tracking.git_commit()}`",
-        *[
-            f"- data: `data/split/{path.name}` sha256 `{sha256_of(path)}`"
-            for path in split_files
-        ],
+        *[f"- data: `data/split/{path.name}` sha256 `{sha256_of(path)}`" for path in split_files],
         "",
     ]
     sections = []

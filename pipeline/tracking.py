@@ -1,38 +1,51 @@
 """MLflow: which store runs go to, the tags every run carries, and runs that end with the stage.
 
 A run that raises ends FAILED (with the reason as the `failure_reason` tag), one interrupted by
-Ctrl-C or SIGTERM ends KILLED; none is left RUNNING.
+Ctrl-C or SIGTERM ends KILLED; none is left RUNNING. Stages that add to a finished run (evaluate,
+crossval) write to it by id and never reopen it: its status and end time stay its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 
 from pipeline.files import sha256_of
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.datasets import Split
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 METRICS_FLUSH_SECONDS = 10.0  # the longest per-epoch metrics wait before they are written
+# Without it MLflow's UI opens an experiment on its GenAI overview instead of its training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A split's parts (Split's x_<part>, y_<part>) and their MLflow dataset contexts.
+SPLIT_PARTS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def repo_root() -> Path:
-    """The repository the stages run in (stages always start at its root)."""
-    cwd = Path.cwd().resolve()
-    # `dvc exp run --temp/--queue` runs stages in a copy under <repo>/.dvc/tmp/exps/; their runs
-    # belong in the repository's store, not in one deleted with the copy.
-    if ".dvc" in cwd.parts:
-        return Path(*cwd.parts[: cwd.parts.index(".dvc")])
-    return cwd
+    """The repository whose store the runs go to: DVC's DVC_ROOT, else where stages start.
+
+    `dvc exp run --temp/--queue` runs stages in a copy under <repo>/.dvc/tmp/exps/ and sets
+    DVC_ROOT to the repository it came from; their runs belong in that repository's store, not
+    in one deleted with the copy.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -54,13 +67,26 @@ def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
             location = (database.parent / ARTIFACTS_FOLDER / experiment).as_uri()
         # Another process may create it first: then it exists, which is all that is needed.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
-            mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
+            mlflow.create_experiment(
+                experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+    existing = mlflow.set_experiment(experiment)
+    # Experiments made before the tag, or by hand. A kind the UI only guessed (`*_inferred`,
+    # `no_inferred_type`) is replaced; one somebody chose is kept.
+    kind = existing.tags.get(EXPERIMENT_KIND_TAG)
+    if kind is None or "inferred" in kind:
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 @contextmanager
 def run(name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run (a new one, or `run_id` resumed) that ends with the block's outcome."""
+    """An MLflow run (a new one, or `run_id` resumed) that ends with the block's outcome.
+
+    Only for the stage that owns the run (train, tune resuming its own search): resuming sets
+    the run's status and end time anew. Other stages add to a run with `add_to_run`.
+    """
     active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
     try:
         yield active
@@ -70,7 +96,90 @@ def run(name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[
     except BaseException as error:
         _end_open_runs(active.info.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
+    if run_id is not None and "failure_reason" in mlflow.get_run(run_id).data.tags:
+        # The earlier attempt's reason: the run now ends FINISHED, and a FINISHED run with a
+        # failure_reason would say it failed.
+        mlflow.MlflowClient().delete_tag(run_id, "failure_reason")
     mlflow.end_run()
+
+
+def require_run(run_id: str, named_in: Path) -> None:
+    """Stop with one line if run `run_id`, named in file `named_in`, is not in the store in use
+    (models trained against another store), before any work that would be lost."""
+    from pipeline.errors import DataError
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise DataError(
+            f"{named_in}: MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()} "
+            "(trained against another store?); train the model again with this one"
+        ) from error
+
+
+def add_to_run(
+    run_id: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
+) -> None:
+    """Log metrics and tags to run `run_id` (finished or not) without reopening it, so that its
+    status and end time stay those of the stage that made it, whatever happens here."""
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
+        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+    )
+
+
+def log_split(
+    run_id: str, split_file: Path, data: Split, parts: Sequence[str] = ("train", "val")
+) -> None:
+    """Log parts of a split ("train", "val", "test") as dataset inputs of run `run_id`: named
+    `<task>-<part>` (the task being the split file's stem), in context training, validation or
+    test, with the split file as source and a digest of the part's whole content."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    unknown = sorted(set(parts) - set(SPLIT_PARTS))
+    if unknown:
+        raise ValueError(f"log_split: unknown part(s) {unknown}; known: {list(SPLIT_PARTS)}")
+    source = str(Path(split_file).resolve())
+    inputs = []
+    for part in parts:
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source class twice and warns that a path could be
+            # either of them; they are the same class.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            dataset = mlflow.data.from_numpy(
+                getattr(data, f"x_{part}"),
+                targets=getattr(data, f"y_{part}"),
+                source=source,
+                name=f"{Path(split_file).stem}-{part}",
+                digest=content_digest(getattr(data, f"x_{part}"), getattr(data, f"y_{part}")),
+            )
+        inputs.append(
+            DatasetInput(
+                dataset._to_mlflow_entity(),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_PARTS[part])],
+            )
+        )
+    mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
+def content_digest(*arrays: np.ndarray) -> str:
+    """A short hash of the arrays' dtypes, shapes and every value.
+
+    MLflow's own digest (from_numpy's default) hashes the shape and only the first 10000 values:
+    for MNIST, under 13 images. MLflow files datasets by name and digest, so two different
+    training parts that begin alike would pass for one. Hashing everything costs 0.12 s for
+    MNIST's 60000x28x28 float32 training part.
+    """
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
 
 
 def _end_open_runs(outer_id: str, status: int, reason: str) -> None:
@@ -157,21 +266,22 @@ def hydra_sweep_tags() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git.
+    """The commit the run's code came from, with "-dirty" when the tracked files the run used
+    differ from it; "unknown" outside git.
 
-    The pipeline's own tracked outputs (dvc.lock, reports/) do not count: `dvc repro` rewrites
-    them before the last stage runs, which would mark every repro of a clean checkout dirty.
+    The commit is DVC_EXP_BASELINE_REV under `dvc exp run` (the experiment's baseline), else
+    HEAD. The files compared are those of the working copy the stage runs in: for `--temp` and
+    `--queue`, DVC's copy under .dvc/tmp/exps/ (a git repository checked out at the baseline,
+    with the experiment's changes and `-S` params applied on top), not the workspace it came
+    from, which may have changed since. The pipeline's own tracked outputs (dvc.lock, reports/)
+    do not count: `dvc repro` rewrites them before the last stage runs, which would mark every
+    repro of a clean checkout dirty.
     """
     try:
-        commit = _git("rev-parse", "HEAD")
+        commit = _git("rev-parse", "--verify", os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD")
+        # Working tree and index against the commit, whether or not HEAD is that commit.
         dirty = _git(
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":(exclude)dvc.lock",
-            ":(exclude)reports",
+            "diff", "--name-only", commit, "--", ".", ":(exclude)dvc.lock", ":(exclude)reports"
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -180,5 +290,5 @@ def git_commit() -> str:
 
 def _git(*args: str) -> str:
     return subprocess.run(
-        ["git", *args], capture_output=True, text=True, check=True, cwd=repo_root()
+        ["git", *args], capture_output=True, text=True, check=True, cwd=Path.cwd()
     ).stdout.strip()

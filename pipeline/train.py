@@ -60,6 +60,7 @@ def main(cfg: DictConfig) -> None:
         **tracking.context_tags("train", {"split": split_file}),
     }
     with tracking.run(settings.run_name, tags) as active:
+        tracking.log_split(active.info.run_id, split_file, data)
         mlflow.log_params(config.to_flat_dict(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         if data.label_errata_changed is not None:

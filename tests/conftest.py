@@ -16,12 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stage_env(**extra: str) -> dict[str, str]:
-    """The environment a stage runs in: no tracking URI or mirror leaking in from the caller."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_MIRROR", "DVC_EXP_NAME")
-    }
+    """The environment a stage runs in: no tracking URI, mirror or DVC experiment leaking in
+    from the caller (DVC_ROOT would send the runs to the caller's store)."""
+    leaks = (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_ID",
+        "PIPELINE_DATA_MIRROR",
+        "DVC_EXP_NAME",
+        "DVC_ROOT",
+        "DVC_EXP_BASELINE_REV",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in leaks}
     # The environment's own dvc and python come first, however pytest was started.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)

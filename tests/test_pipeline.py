@@ -126,7 +126,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     report = (repo / "reports/README.md").read_text()
     for task in TASKS:
-        assert f"## {task}" in report and f"models:/{task}/1" in report
+        assert f"## {task}" in report and f"models:/{task}@champion" in report
     assert "k-fold accuracy" in report
     assert (repo / "reports/figures/circles_decision_boundary.png").exists()
     crossval = json.loads((repo / "reports/models/circles/tuned/crossval.json").read_text())
@@ -141,7 +141,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         "-c",
         SCORE_REGISTERED,
         f"sqlite:///{repo / 'mlflow.db'}",
-        "models:/circles/1",
+        "models:/circles@champion",
         "data/split/circles.npz",
     )
     assert float(scored.stdout.strip().splitlines()[-1]) == pytest.approx(

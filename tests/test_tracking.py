@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
+from conftest import ROOT, stage_env
 
 from pipeline import tracking
 
@@ -30,3 +36,163 @@ def test_git_commit_is_dirty_for_code_changes_not_for_the_pipelines_own_outputs(
 
     (tmp_path / "train.py").write_text("edited\n")
     assert tracking.git_commit().endswith("-dirty")
+
+
+def git_repo(path: Path, files: dict[str, str]) -> str:
+    """A git repository at `path` with `files` committed; returns the commit."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    return git("rev-parse", "HEAD")
+
+
+def test_under_dvc_exp_the_run_records_its_own_copy_and_the_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp/--queue` runs in a copy (a git repository checked out at the
+    baseline, the experiment's changes on top) and sets DVC_ROOT to the workspace it came from:
+    the commit and its dirty state are the copy's, the store the workspace's."""
+    baseline = git_repo(tmp_path / "workspace", {"train.py": "first\n"})
+    copy = tmp_path / "workspace/.dvc/tmp/exps/standalone/tmpabc"
+    assert git_repo(copy, {"train.py": "first\n"}) == baseline
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", baseline)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+
+    (tmp_path / "workspace/train.py").write_text("edited in the workspace since\n")
+    assert tracking.git_commit() == baseline
+    (copy / "train.py").write_text("the experiment's change\n")
+    assert tracking.git_commit() == baseline + "-dirty"
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'workspace').resolve()}/mlflow.db"
+
+    # The baseline, not whatever HEAD the copy has moved to.
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "exp"],
+        cwd=copy,
+        check=True,
+    )
+    assert tracking.git_commit() == baseline + "-dirty"
+
+
+def test_a_real_dvc_exp_run_temp_records_the_copy_and_the_experiment(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    probe = tmp_path / "probe.json"
+    code = (
+        "import json, os; from pipeline import tracking; "
+        f"open({str(probe)!r}, 'w').write(json.dumps(["
+        "tracking.git_commit(), str(tracking.repo_root()), os.environ.get('DVC_EXP_NAME')]))"
+    )
+    stage = {"cmd": f'{sys.executable} -c "{code}"', "params": ["a"]}
+    git_repo(repo, {"params.yaml": "a: 1\n", "dvc.yaml": json.dumps({"stages": {"probe": stage}})})
+    env = stage_env(PYTHONPATH=str(ROOT))
+
+    def run(*command: str) -> str:
+        done = subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+        return done.stdout.decode().strip()
+
+    run("dvc", "init", "-q")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc init")
+    baseline = run("git", "rev-parse", "HEAD")
+    run("dvc", "exp", "run", "--temp", "-S", "a=2", "-n", "probed")
+    commit, root, name = json.loads(probe.read_text())
+    # -S changed params.yaml in the copy only: the files the run used differ from the baseline,
+    # while the workspace it came from is clean.
+    assert run("git", "status", "--porcelain", "--untracked-files=no") == ""
+    assert (commit, root, name) == (baseline + "-dirty", str(repo.resolve()), "probed")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[mlflow.MlflowClient]:
+    """A fresh SQLite store as this process's MLflow store, for the test only."""
+    from mlflow.tracking import _tracking_service, fluent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    # MLflow keeps the store and experiment set in module globals and MLFLOW_EXPERIMENT_ID (which
+    # stages started later in this process would inherit): all put back after the test.
+    monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    yield mlflow.MlflowClient(uri)
+
+
+def test_a_resumed_run_that_succeeds_keeps_no_failure_reason(
+    store: mlflow.MlflowClient,
+) -> None:
+    tracking.use_experiment("task")
+    with pytest.raises(KeyboardInterrupt), tracking.run("task/search", {}) as active:
+        raise KeyboardInterrupt
+    run_id = active.info.run_id
+    assert store.get_run(run_id).data.tags["failure_reason"] == "interrupted"
+
+    with tracking.run("task/search", {}, run_id=run_id):
+        pass
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+
+
+def test_adding_to_a_finished_run_leaves_its_status_and_end_time(
+    store: mlflow.MlflowClient,
+) -> None:
+    tracking.use_experiment("task")
+    with tracking.run("task/baseline", {}) as active:
+        pass
+    before = store.get_run(active.info.run_id).info
+    time.sleep(0.01)
+    tracking.add_to_run(active.info.run_id, {"test_accuracy": 0.5}, {"evaluated": "true"})
+    run = store.get_run(active.info.run_id)
+    assert (run.info.status, run.info.end_time) == ("FINISHED", before.end_time)
+    assert run.data.metrics["test_accuracy"] == 0.5 and run.data.tags["evaluated"] == "true"
+
+
+def test_experiments_open_on_their_training_runs_in_the_ui(store: mlflow.MlflowClient) -> None:
+    kind = "mlflow.experimentKind"
+    tracking.use_experiment("new")
+    assert store.get_experiment_by_name("new").tags[kind] == "custom_model_development"
+
+    old = store.create_experiment("old")  # made before the tag
+    guessed = store.create_experiment("guessed", tags={kind: "genai_development_inferred"})
+    chosen = store.create_experiment("chosen", tags={kind: "genai_development"})
+    for name in ("old", "guessed", "chosen"):
+        tracking.use_experiment(name)
+    assert store.get_experiment(old).tags[kind] == "custom_model_development"
+    assert store.get_experiment(guessed).tags[kind] == "custom_model_development"
+    assert store.get_experiment(chosen).tags[kind] == "genai_development"
+
+
+def test_log_split_tells_parts_apart_by_their_whole_content(
+    store: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from pipeline.datasets import Split
+
+    def split(last_label: int) -> Split:
+        x = np.zeros((20_000, 2), "float32")  # more values than MLflow's own digest reads
+        y = np.zeros(20_000, "int64")
+        y[-1] = last_label
+        return Split(x, y, x[:5], y[:5], x[:5], y[:5], ["a", "b"])
+
+    tracking.use_experiment("task")
+    with tracking.run("task/baseline", {}) as active:
+        pass
+    run_id = active.info.run_id
+    tracking.log_split(run_id, tmp_path / "task.npz", split(0), parts=("train",))
+    tracking.log_split(run_id, tmp_path / "task.npz", split(1), parts=("train",))
+    datasets = [i.dataset for i in store.get_run(run_id).inputs.dataset_inputs]
+    assert [d.name for d in datasets] == ["task-train", "task-train"]
+    assert len({d.digest for d in datasets}) == 2
+    with pytest.raises(ValueError, match="unknown part"):
+        tracking.log_split(run_id, tmp_path / "task.npz", split(0), parts=("training",))

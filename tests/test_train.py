@@ -37,7 +37,7 @@ def test_train_and_evaluate_record_one_complete_mlflow_run(
     assert "evaluation/confusion_matrix.png" in evaluation
     assert len(client.search_logged_models([run.info.experiment_id])) == 1
 
-    metrics = json.loads((project / "reports/circles/baseline/metrics.json").read_text())
+    metrics = json.loads((project / "reports/models/circles/baseline/metrics.json").read_text())
     assert metrics["test_accuracy"] == run.data.metrics["test_accuracy"]
     assert set(metrics) >= {
         "test_accuracy",
@@ -114,3 +114,49 @@ def test_hydra_multirun_gives_one_run_per_job_grouped_by_sweep(
     assert len({r.data.tags["hydra_sweep_id"] for r in runs}) == 1
     assert {r.data.tags["hydra_job_num"] for r in runs} == {"0", "1"}
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_evaluate_and_crossval_add_to_the_train_run_without_reopening_it(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("train", "experiment=circles/baseline", "train.epochs=2", "tracking.log_model=false")
+    client = mlflow_client(project)
+    run_id = json.loads((project / "models/circles/baseline/run.json").read_text())["run_id"]
+    trained = client.get_run(run_id).info
+    run_stage("evaluate", "experiment=circles/baseline")
+    run_stage("crossval", "experiment=circles/baseline", "train.epochs=2", "train.cv_folds=2")
+
+    run = client.get_run(run_id)
+    assert (run.info.status, run.info.end_time) == ("FINISHED", trained.end_time)
+    assert {"test_accuracy", "final_val_accuracy", "cv_accuracy_mean"} <= set(run.data.metrics)
+    assert run.data.tags["evaluated"] == run.data.tags["crossvalidated"] == "true"
+    assert "failure_reason" not in run.data.tags
+    evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in evaluation
+
+    # The split as dataset inputs: train's two parts, evaluate's test part.
+    inputs = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        for i in run.inputs.dataset_inputs
+    }
+    assert {c: d.name for c, d in inputs.items()} == {
+        "training": "circles-train",
+        "validation": "circles-val",
+        "test": "circles-test",
+    }
+    assert len({d.digest for d in inputs.values()}) == 3
+    assert all(str(circles_split.resolve()) in d.source for d in inputs.values())
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_evaluating_a_model_whose_run_is_not_in_the_store_fails_in_one_line(
+    run_stage, project: Path
+) -> None:
+    run_file = project / "models/circles/baseline/run.json"
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text(json.dumps({"run_id": "0" * 32}))
+    result = run_stage("evaluate", "experiment=circles/baseline", check=False)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"MLflow run {'0' * 32} is not in the store" in last
