@@ -220,7 +220,9 @@ class DatasetConfig:
     name: str = MISSING  # the task: names the outputs, the MLflow experiment and the reports
     source: str = MISSING  # which fetched data set (data/raw/<source>.npz) it reads
     classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1
-    standardize: bool = False  # fitted on the training part only
+    # Models standardise each feature (or pixel) by the training part's mean and variance, as
+    # their first layer: the split keeps the data as the source gives it.
+    standardize: bool = False
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:

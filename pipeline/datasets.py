@@ -107,7 +107,7 @@ def fetch_sign_digits(
             index = names.index(name)
             changed += int(labels[index] != digit)
             labels[index] = digit
-    images = np.stack([_grayscale(files[name], source.image_size) for name in names])
+    images = np.stack([grayscale(files[name], source.image_size, origin=name) for name in names])
     return {"x": images, "y": labels, "names": np.array(names), "errata_changed": np.array(changed)}
 
 
@@ -165,10 +165,16 @@ def _verify_content(files: dict[str, bytes], expected: str, origin: str) -> None
         )
 
 
-def _grayscale(data: bytes, size: int) -> np.ndarray:
-    from PIL import Image
+def grayscale(data: bytes, size: int, origin: str = "image") -> np.ndarray:
+    """An image file's bytes as `size` x `size` grayscale pixels (uint8): how every sign-digit
+    photo is read, and how `predict` reads an image it is given."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DataError(f"{origin}: not an image file PIL can read") from None
+    with image:
         # LANCZOS filters over the whole footprint, so the three 3024x3024 photos shrink
         # as cleanly as the 100x100 ones.
         small = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
@@ -209,10 +215,6 @@ class Split:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> Any:
     """`x` and `y` as a tf.data pipeline of batches for Keras, shuffled anew each epoch (in an
@@ -233,10 +235,8 @@ def load_split(path: str | Path) -> Split:
     with np.load(path) as data:
         arrays = {key: data[key] for key in data.files}
     for key in ("x_train", "x_val", "x_test"):
-        if arrays[key].dtype == np.uint8:  # images: pixels to [0, 1]
-            arrays[key] = arrays[key].astype(np.float32) / 255.0
-        if arrays[key].ndim == 3:  # grayscale images get their channel axis
-            arrays[key] = arrays[key][..., np.newaxis]
+        # As the source gives them (pixels 0-255, raw points): models scale their own inputs.
+        arrays[key] = arrays[key].astype(np.float32)
     return Split(
         **{
             key: arrays[key] for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")

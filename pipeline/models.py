@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,37 @@ def is_keras_net(net: Any) -> bool:
     return not hasattr(net, "predict_proba")
 
 
-def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> Any:
-    """A compiled Keras model. Two classes get one sigmoid unit, more get a softmax."""
+PIXEL_MAX = 255.0
+
+
+@dataclass
+class Inputs:
+    """What a model takes, as the source gives it, and the scaling it does itself: saved and
+    registered models then take raw inputs (MNIST's 28x28 pixels 0-255, raw (x, y) points)."""
+
+    shape: tuple[int, ...]  # one input: (rows, cols) of a grayscale image, or (features,)
+    # dataset.standardize: the training part's mean and variance of each feature or pixel.
+    # Without it, images are scaled from 0-255 to 0-1 and feature vectors taken as they are.
+    mean: np.ndarray | None = None
+    variance: np.ndarray | None = None
+
+    @property
+    def images(self) -> bool:
+        return len(self.shape) == 2
+
+
+def inputs_of(x_train: np.ndarray, standardize: bool) -> Inputs:
+    """The model inputs for training data `x_train`, standardised by its statistics if asked."""
+    shape = tuple(x_train.shape[1:])
+    if not standardize:
+        return Inputs(shape)
+    variance = x_train.var(axis=0)
+    variance[variance == 0] = 1.0  # a constant feature is left as it is, not divided by 0
+    return Inputs(shape, x_train.mean(axis=0), variance)
+
+
+def build_keras(model: ModelConfig, spec: Inputs, n_classes: int) -> Any:
+    """A compiled Keras model on raw inputs. Two classes get one sigmoid unit, more a softmax."""
     import keras
     from keras import layers
 
@@ -38,12 +69,20 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
     }
     activation = model.activation.value
 
-    inputs = keras.Input(shape=input_shape)
-    x = augment(inputs, model.augment) if model.augment else inputs
+    inputs = keras.Input(shape=spec.shape)
+    x = inputs
+    if spec.mean is not None:  # a mean and variance per feature or pixel
+        axes = tuple(range(1, len(spec.shape) + 1))
+        x = layers.Normalization(axis=axes, mean=spec.mean, variance=spec.variance)(x)
+    elif spec.images:
+        x = layers.Rescaling(1 / PIXEL_MAX)(x)
+    if spec.images:  # grayscale: one channel
+        x = layers.Reshape((*spec.shape, 1))(x)
+    x = augment(x, model.augment) if model.augment else x
     if model.family == Family.cnn:
-        if len(input_shape) != 3:
+        if not spec.images:
             raise ConfigError(
-                f"model.family=cnn needs images, but the data has shape {input_shape}; "
+                f"model.family=cnn needs images, but the data has shape {spec.shape}; "
                 "use model=mlp for feature vectors"
             )
         for filters in model.filters:
@@ -63,7 +102,7 @@ def build_keras(model: ModelConfig, input_shape: tuple[int, ...], n_classes: int
         x = layers.Flatten()(x)
         hidden = [model.dense_units] if model.dense_units else []
     else:
-        if len(input_shape) > 1:
+        if spec.images:
             x = layers.Flatten()(x)
         if model.squares:
             # A feature cross (x², y²): a ring in (x, y) is a straight line in the squares.
@@ -166,18 +205,32 @@ def build_optimizer(model: ModelConfig) -> Any:
             return keras.optimizers.Adagrad(learning_rate=lr)
 
 
-def build_sklearn(model: ModelConfig, max_iter: int, seed: int) -> Any:
+def build_sklearn(model: ModelConfig, spec: Inputs, max_iter: int, seed: int) -> Any:
+    """scikit-learn's LogisticRegression behind the same input scaling as a Keras model's, in
+    one Pipeline (built from NumPy functions, so the saved model needs no code of this
+    project)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+    steps: list[Any] = [
+        FunctionTransformer(functools.partial(np.reshape, shape=(-1, math.prod(spec.shape))))
+    ]
+    if spec.mean is not None:
+        steps.append(StandardScaler())
+    elif spec.images:
+        steps.append(FunctionTransformer(functools.partial(np.multiply, 1 / PIXEL_MAX)))
     if model.l2 > 0:
-        return LogisticRegression(C=1.0 / model.l2, max_iter=max_iter, random_state=seed)
-    return LogisticRegression(penalty=None, max_iter=max_iter, random_state=seed)
+        classifier = LogisticRegression(C=1.0 / model.l2, max_iter=max_iter, random_state=seed)
+    else:
+        classifier = LogisticRegression(penalty=None, max_iter=max_iter, random_state=seed)
+    return make_pipeline(*steps, classifier)
 
 
 def predict_proba(net: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities, shape (n, n_classes), whatever kind of model `net` is."""
     if not is_keras_net(net):
-        return net.predict_proba(x.reshape(len(x), -1))
+        return net.predict_proba(x)
     probs = net.predict(x, verbose=0, batch_size=1024)
     if probs.shape[1] == 1:  # one sigmoid unit: P(class 1)
         return np.hstack([1 - probs, probs])
@@ -192,7 +245,8 @@ def accuracy(net: Any, x: np.ndarray, y: np.ndarray) -> float:
 def count_params(net: Any) -> int:
     if is_keras_net(net):
         return int(net.count_params())
-    return int(net.coef_.size + net.intercept_.size)
+    classifier = net[-1]  # the Pipeline's last step; the scaling steps learn nothing
+    return int(classifier.coef_.size + classifier.intercept_.size)
 
 
 def save(net: Any, folder: Path) -> None:

@@ -69,20 +69,6 @@ def keep_classes(x: np.ndarray, y: np.ndarray, classes: list[int]) -> tuple[np.n
     return x[keep], np.array([relabel[label] for label in y[keep]], dtype=np.uint8)
 
 
-def standardize(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Scale every part by the training part's mean and standard deviation."""
-    mean = parts["x_train"].mean(axis=0)
-    std = parts["x_train"].std(axis=0)
-    std[std == 0] = 1.0
-    scaled = {
-        key: (value - mean) / std if key.startswith("x_") else value for key, value in parts.items()
-    }
-    return {
-        key: value.astype(np.float32) if key.startswith("x_") else value
-        for key, value in scaled.items()
-    }
-
-
 @stage("config", reads=("dataset", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
@@ -99,8 +85,6 @@ def main(cfg: DictConfig) -> None:
     if dataset.classes:
         x, y = keep_classes(x, y, dataset.classes)
     parts = split_parts(x, y, dataset.split, test)
-    if dataset.standardize:
-        parts = standardize(parts)
 
     extra = {"label_errata_changed": arrays["errata_changed"]} if "errata_changed" in arrays else {}
     out = settings.paths.write.split_file(dataset.name)

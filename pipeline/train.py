@@ -10,6 +10,8 @@ and run.json, which names the MLflow run that `evaluate` completes).
 from __future__ import annotations
 
 import logging
+import os
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -17,29 +19,65 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config, models, tracking, training
 from pipeline.cli import stage
-from pipeline.datasets import load_split
+from pipeline.datasets import Split, load_split
 from pipeline.files import atomic_output, write_json
 
 log = logging.getLogger(__name__)
 
 
-def log_model(net: Any) -> None:
-    # Pinned requirements: letting MLflow infer them costs seconds of subprocess per run.
-    from importlib.metadata import version
+def requirements(*imports: str) -> list[str]:
+    """Pinned pip requirements of the distributions installed for these import names (keras'
+    backend is `tensorflow` whether `tensorflow` or `tensorflow-cpu` provides it); pinned here
+    because letting MLflow infer them costs seconds of subprocess per run."""
+    from importlib.metadata import packages_distributions, version
 
-    if models.is_keras_net(net):
+    provided = packages_distributions()
+    return [f"{dist}=={version(dist)}" for name in imports for dist in provided.get(name, [name])]
+
+
+def log_model(net: Any, data: Split) -> None:
+    """Log the model with its signature, an input example and the class names: it takes raw
+    inputs, as the source gives them, and answers with class probabilities."""
+    from mlflow.models import infer_signature
+
+    example = data.x_train[:2]
+    keras_net = models.is_keras_net(net)
+    # What the served model answers: Keras' outputs (one sigmoid unit for two classes).
+    outputs = net.predict(example, verbose=0) if keras_net else net.predict_proba(example)
+    signature = infer_signature(example, outputs)
+    common = {
+        "name": "model",
+        "signature": signature,
+        "input_example": example,
+        "metadata": {"class_names": data.class_names},
+    }
+    if keras_net:
+        import keras
         import mlflow.keras
+        from mlflow.models import Model
 
-        requirements = [
-            f"keras=={version('keras')}",
-            f"tensorflow-cpu=={version('tensorflow-cpu')}",
-        ]
-        mlflow.keras.log_model(net, name="model", pip_requirements=requirements)
+        def save_keras(path: str, **kwargs: Any) -> None:
+            # mlflow.keras.save_model writes the input example before it makes the model's
+            # folder, and fails (MLflow 3.17): the folder is made first here.
+            os.makedirs(path, exist_ok=True)
+            mlflow.keras.save_model(path=path, **kwargs)
+
+        Model.log(
+            artifact_path=None,
+            flavor=SimpleNamespace(save_model=save_keras),
+            flavor_name="mlflow.keras",
+            model=net,
+            pip_requirements=requirements("keras", keras.backend.backend()),
+            **common,
+        )
     else:
         import mlflow.sklearn
 
         mlflow.sklearn.log_model(
-            net, name="model", pip_requirements=[f"scikit-learn=={version('scikit-learn')}"]
+            net,
+            pip_requirements=requirements("sklearn", "numpy"),
+            pyfunc_predict_fn="predict_proba",  # probabilities, as a Keras model gives
+            **common,
         )
 
 
@@ -85,7 +123,7 @@ def main(cfg: DictConfig) -> None:
             {key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")}
         )
         if settings.tracking.log_model:
-            log_model(fitted.net)
+            log_model(fitted.net, data)
 
         with atomic_output(out_dir) as tmp:
             tmp.mkdir()

@@ -44,7 +44,8 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
     import keras
 
     keras.utils.set_random_seed(settings.train.seed)
-    net = models.build_keras(settings.model, data.input_shape, data.n_classes)
+    spec = models.inputs_of(data.x_train, settings.dataset.standardize)
+    net = models.build_keras(settings.model, spec, data.n_classes)
     callbacks = list(callbacks)
     if settings.train.early_stopping_patience is not None:
         callbacks.append(
@@ -82,16 +83,14 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
 def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     from sklearn.metrics import accuracy_score, log_loss
 
-    net = models.build_sklearn(settings.model, settings.train.epochs, settings.train.seed)
-    flat = {
-        part: x.reshape(len(x), -1) for part, x in (("train", data.x_train), ("val", data.x_val))
-    }
+    spec = models.inputs_of(data.x_train, settings.dataset.standardize)
+    net = models.build_sklearn(settings.model, spec, settings.train.epochs, settings.train.seed)
     start = time.perf_counter()
-    net.fit(flat["train"], data.y_train)
+    net.fit(data.x_train, data.y_train)
     seconds = time.perf_counter() - start
     # One row: the solver's final state, in the same columns as a Keras history.
-    row = {"epoch": int(np.max(net.n_iter_))}
-    for prefix, x, y in (("", flat["train"], data.y_train), ("val_", flat["val"], data.y_val)):
+    row = {"epoch": int(np.max(net[-1].n_iter_))}
+    for prefix, x, y in (("", data.x_train, data.y_train), ("val_", data.x_val, data.y_val)):
         if not len(y):  # crossval's folds keep no validation slice where training reads none
             continue
         row[f"{prefix}loss"] = log_loss(y, net.predict_proba(x), labels=net.classes_)

@@ -7,7 +7,9 @@ Reads data/split/<task>.npz (training and validation parts only: the objective i
 validation; the test part stays unseen until `evaluate`). Writes models/<task>/best_hparams.yaml,
 which `train` reads for the tuned model, and reports/<task>/search/ (all trials as CSV, plots).
 models/<task>/search/ keeps the tuner's state: a search killed part way resumes from it,
-without redoing finished trials.
+without redoing finished trials. A search is known by its identity (the config it reads, the
+data, the code of its models); another identity starts a new search and MLflow run, while a
+finished search run again writes its kept outputs anew, searching nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,21 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import config, models, plots, search_space, tracking
+from pipeline import config, datasets, models, plots, search_space, tracking
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.files import atomic_output, sha256_of, write_json, write_text
 
 log = logging.getLogger(__name__)
+
+# The config a search reads, all of which is part of its identity. Of `train`, only what every
+# trial trains with: not the final training's epochs, stopping or hyperparameters file.
+SEARCH_READS = (
+    "dataset", "model", "tuner", "search_space", "train.batch_size", "train.lr_schedule",
+)  # fmt: skip
+STATE_FILE = "state.json"  # in the search folder: the search's identity, MLflow run, progress
+KEPT_FOLDER = "outputs"  # in the search folder: copies of a finished search's outputs
 
 
 def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +70,9 @@ def make_tuner(
     import keras
     import keras_tuner as kt
 
+    # The same input scaling as the final model's, fitted on the whole training part.
+    inputs = models.inputs_of(data.x_train, settings.dataset.standardize)
+
     def trial_settings(hp: Any) -> config.Config:
         return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
 
@@ -66,7 +80,7 @@ def make_tuner(
         def build(self, hp: Any) -> Any:
             trial = trial_settings(hp)
             keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
-            return models.build_keras(trial.model, data.input_shape, data.n_classes)
+            return models.build_keras(trial.model, inputs, data.n_classes)
 
         def fit(
             self, hp: Any, model: Any, x: Any, y: Any, validation_data: Any = None, **kwargs: Any
@@ -226,29 +240,93 @@ def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fingerprint(cfg: DictConfig, split_file: Path) -> str:
-    """What a search depends on; a search folder with another fingerprint is started anew."""
+def search_code() -> list[Path]:
+    """The source files of the code that builds, trains and scores a search's models (plots
+    and MLflow logging only describe them)."""
+    modules = [models, search_space, datasets, config, sys.modules.get("pipeline.training")]
+    return [Path(__file__), *(Path(m.__file__) for m in modules if m is not None)]
+
+
+def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
+    """What decides a search's trials and their scores: the config it reads, the data and the
+    code, each as sha256 (the code per file, so that a log can say which one changed), and
+    `digest`, of them all. A search folder or MLflow run of another identity is another search."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    relevant = {
-        key: resolved[key] for key in ("dataset", "model", "train", "tuner", "search_space")
+
+    def value_at(key: str) -> Any:
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    searched = {key: value_at(key) for key in SEARCH_READS}
+    parts: dict[str, Any] = {
+        "config": hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest(),
+        "data": sha256_of(split_file),
+        "code": {path.name: sha256_of(path) for path in search_code()},
     }
-    text = json.dumps(relevant, sort_keys=True) + sha256_of(split_file)
-    return hashlib.sha256(text.encode()).hexdigest()
+    parts["digest"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return parts
 
 
-def open_state(folder: Path, digest: str) -> dict[str, Any]:
-    """The saved state of an unfinished search with this fingerprint, or {} after a wipe."""
-    state_file = folder / "state.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") == digest and (folder / "keras_tuner" / "oracle.json").exists():
-            return state
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return {}
+def code_digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity["code"], sort_keys=True).encode()).hexdigest()
 
 
-def end_stale_trial_runs(parent_run_id: str) -> None:
+def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
+    """Why the search in a folder's state is not carried on, in words for the log and MLflow."""
+    old = state.get("identity", {})
+    if not old:
+        return "its state records no identity"
+    if old["digest"] == identity["digest"]:
+        if state.get("finished"):
+            return "the finished search's kept outputs are missing"
+        return "the interrupted search left no tuner state to resume"
+    changes = [part for part in ("config", "data") if old.get(part) != identity[part]]
+    old_code, code = old.get("code", {}), identity["code"]
+    files = sorted(name for name in {*old_code, *code} if old_code.get(name) != code.get(name))
+    if files:
+        changes.append(f"code ({', '.join(files)})")
+    return f"its {', '.join(changes)} changed"
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    state_file = folder / STATE_FILE
+    return json.loads(state_file.read_text()) if state_file.exists() else {}
+
+
+def can_resume(state: dict[str, Any], identity: dict[str, Any], folder: Path) -> bool:
+    """Whether the folder holds an unfinished search of this identity that Keras Tuner can
+    reload (it may have been killed before its first trial was saved)."""
+    return (
+        state.get("identity", {}).get("digest") == identity["digest"]
+        and not state.get("finished")
+        and (folder / "keras_tuner" / "oracle.json").exists()
+    )
+
+
+def save_outputs(outputs: dict[str, Path], kept: Path) -> None:
+    """Keep copies of a finished search's outputs in its folder, to write them again on a rerun
+    (`dvc repro -f` deletes them but keeps the folder) without searching or touching its run."""
+    with atomic_output(kept) as tmp:
+        tmp.mkdir()
+        for name, path in outputs.items():
+            copy = shutil.copytree if path.is_dir() else shutil.copyfile
+            copy(path, tmp / name)
+
+
+def restore_outputs(kept: Path, outputs: dict[str, Path]) -> bool:
+    """Write the kept outputs of a finished search again; False if some are missing."""
+    if not all((kept / name).exists() for name in outputs):
+        return False
+    for name, path in outputs.items():
+        with atomic_output(path) as tmp:
+            copy = shutil.copytree if (kept / name).is_dir() else shutil.copyfile
+            copy(kept / name, tmp)
+    return True
+
+
+def end_running_trial_runs(parent_run_id: str, reason: str) -> None:
     """Trial runs left RUNNING by a killed search (SIGKILL runs no handler) end as KILLED."""
     client = mlflow.MlflowClient()
     stale = mlflow.search_runs(
@@ -257,18 +335,26 @@ def end_stale_trial_runs(parent_run_id: str) -> None:
         )
     )
     for run_id in stale.get("run_id", []):
-        client.set_tag(run_id, "failure_reason", "interrupted: the search was killed")
+        client.set_tag(run_id, "failure_reason", reason)
         client.set_terminated(run_id, "KILLED")
 
 
-@stage(
-    "config",
-    # Of `train`, only what every trial trains with; not the final training's epochs or stopping.
-    reads=(
-        "dataset", "model", "tuner", "search_space",
-        "train.batch_size", "train.lr_schedule", "tracking", "paths",
-    ),  # fmt: skip
-)
+def supersede(old_run_id: str, new_run_id: str, why: str) -> None:
+    """End what an earlier search left RUNNING: its state is wiped, so nothing will ever finish
+    it. Finished, failed or killed runs keep their status."""
+    reason = f"superseded by a new search (run {new_run_id}): {why}"
+    client = mlflow.MlflowClient()
+    try:
+        old = client.get_run(old_run_id)
+    except mlflow.exceptions.MlflowException:  # a search tracked in another store
+        return
+    end_running_trial_runs(old_run_id, reason)
+    if old.info.status == "RUNNING":
+        client.set_tag(old_run_id, "failure_reason", reason)
+        client.set_terminated(old_run_id, "KILLED")
+
+
+@stage("config", reads=(*SEARCH_READS, "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     params = search_space.parse(settings.search_space)
@@ -280,25 +366,53 @@ def main(cfg: DictConfig) -> None:
 
     task = settings.dataset.name
     split_file = settings.paths.read.split_file(task)
-    data = load_split(split_file)
     folder = settings.paths.write.search_dir(task)
-    digest = fingerprint(cfg, split_file)
-    state = open_state(folder, digest)
+    reports = settings.paths.write.report_dir(task, "search")
+    outputs = {
+        "best_hparams.yaml": settings.paths.write.best_hparams_file(task),
+        "trials.csv": reports / "trials.csv",
+        "figures": reports / "figures",
+    }
+    identity = search_identity(cfg, split_file)
+    state = read_state(folder)
+    same_search = state.get("identity", {}).get("digest") == identity["digest"]
+    if same_search and state.get("finished") and restore_outputs(folder / KEPT_FOLDER, outputs):
+        # Its MLflow run stays as it ended: rerunning it would only repeat the same trials.
+        log.info(
+            "the search is already finished (MLflow run %s); its outputs are written again",
+            state["parent_run_id"],
+        )
+        return
 
+    resume = can_resume(state, identity, folder)
+    previous_run = state.get("parent_run_id")
+    if not resume:
+        why = why_anew(state, identity)
+        if previous_run:
+            log.info("starting a new search: %s since search run %s", why, previous_run)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+
+    data = load_split(split_file)
     tracking.use_experiment(task, settings.tracking.uri)
     tags = {
         "task": task,
         "variant": "search",
+        "search_identity": identity["digest"],
+        "search_identity.config": identity["config"],
+        "search_identity.code": code_digest(identity),
         **tracking.context_tags("tune", {"split": split_file}),
     }
-    resumed_run = state.get("parent_run_id")
-    with tracking.run(f"{task}/search", tags, run_id=resumed_run) as parent:
+    with tracking.run(f"{task}/search", tags, run_id=previous_run if resume else None) as parent:
         parent_id = parent.info.run_id
-        if resumed_run:
+        if resume:
             log.info("resuming the search of run %s from %s", parent_id, folder)
-            end_stale_trial_runs(parent_id)
+            end_running_trial_runs(parent_id, "interrupted: the search was killed")
         else:
-            write_json(folder / "state.json", {"fingerprint": digest, "parent_run_id": parent_id})
+            if previous_run:
+                supersede(previous_run, parent_id, why)
+            state = {"identity": identity, "parent_run_id": parent_id, "finished": False}
+            write_json(folder / STATE_FILE, state)
             mlflow.log_params(
                 {
                     k: v
@@ -307,9 +421,10 @@ def main(cfg: DictConfig) -> None:
                 }
             )
             mlflow.log_text(OmegaConf.to_yaml(cfg.search_space), "search_space.yaml")
+            tracking.log_split(parent_id, split_file, data)
 
         try:
-            tuner = search(settings, cfg, params, data, folder, resume=bool(resumed_run))
+            tuner = search(settings, cfg, params, data, folder, resume=resume)
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 
@@ -325,7 +440,6 @@ def main(cfg: DictConfig) -> None:
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
         mlflow.set_tag("best_trial_id", best[0].trial_id)
 
-        reports = settings.paths.write.report_dir(task, "search")
         scored_on = (
             f"mean of {settings.tuner.cv_folds} folds over train+validation"
             if settings.tuner.cv_folds
@@ -337,7 +451,7 @@ def main(cfg: DictConfig) -> None:
             f"trial {best[0].trial_id}. Written by `tune`; read by `train` (train.hparams_file).\n"
         )
         best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
-        with atomic_output(reports / "figures") as figures:
+        with atomic_output(outputs["figures"]) as figures:
             figures.mkdir()
             hp_columns = [p.path for p in params if p.spec]
             plots.score_by_hyperparameter(
@@ -346,12 +460,15 @@ def main(cfg: DictConfig) -> None:
             plots.best_so_far(
                 trials, objective, settings.tuner.direction, figures / "best_so_far.png"
             )
-            with atomic_output(reports / "trials.csv") as tmp:
+            with atomic_output(outputs["trials.csv"]) as tmp:
                 trials.to_csv(tmp, index=False)
-            mlflow.log_artifact(str(reports / "trials.csv"))
+            mlflow.log_artifact(str(outputs["trials.csv"]))
             mlflow.log_artifacts(str(figures), "figures")
             mlflow.log_text(best_yaml, "best_hparams.yaml")
-            write_text(settings.paths.write.best_hparams_file(task), best_yaml)
+            write_text(outputs["best_hparams.yaml"], best_yaml)
+        save_outputs(outputs, folder / KEPT_FOLDER)
+    # Only once its run has ended FINISHED: a search killed before that resumes instead.
+    write_json(folder / STATE_FILE, {**state, "finished": True})
     log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
 
 

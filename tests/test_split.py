@@ -1,4 +1,4 @@
-"""split_parts, keep_classes and standardize: the functions that decide which sample lands where.
+"""split_parts and keep_classes: the functions that decide which sample lands where.
 
 Samples are their own ids (x = arange(n)), so a test can follow every sample into its part.
 """
@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import SplitConfig
 from pipeline.errors import DataError
-from pipeline.split import keep_classes, split_parts, standardize
+from pipeline.split import keep_classes, split_parts
 
 PARTS = ("train", "val", "test")
 
@@ -137,61 +137,3 @@ def test_keep_classes_rejects_a_label_not_in_the_data() -> None:
 
     with pytest.raises(DataError, match=r"\[7\]"):
         keep_classes(np.arange(5), y, [0, 7])
-
-
-def scaled_parts(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Three features on very different scales; val and test far from the training mean."""
-    scale = np.array([1.0, 10.0, 0.01])
-    return {
-        "x_train": (rng.normal(5.0, 2.0, size=(400, 3)) * scale).astype(np.float32),
-        "y_train": rng.integers(0, 3, 400).astype(np.uint8),
-        "x_val": (rng.normal(50.0, 2.0, size=(100, 3)) * scale).astype(np.float32),
-        "y_val": rng.integers(0, 3, 100).astype(np.uint8),
-        "x_test": (rng.normal(-20.0, 9.0, size=(100, 3)) * scale).astype(np.float32),
-        "y_test": rng.integers(0, 3, 100).astype(np.uint8),
-    }
-
-
-def test_standardize_fits_on_the_training_part_only() -> None:
-    parts = scaled_parts(np.random.default_rng(0))
-    train = parts["x_train"].astype(np.float64)
-    mean, std = train.mean(axis=0), train.std(axis=0)
-
-    scaled = standardize(parts)
-
-    np.testing.assert_allclose(scaled["x_train"].mean(axis=0), 0, atol=1e-4)
-    np.testing.assert_allclose(scaled["x_train"].std(axis=0), 1, rtol=1e-4)
-    for part in ("val", "test"):
-        original = parts[f"x_{part}"].astype(np.float64)
-        np.testing.assert_allclose(
-            scaled[f"x_{part}"].mean(axis=0), (original.mean(axis=0) - mean) / std, rtol=1e-4
-        )
-        np.testing.assert_allclose(
-            scaled[f"x_{part}"].std(axis=0), original.std(axis=0) / std, rtol=1e-4
-        )
-    # Val was built around 10x the training mean: had it been fitted on its own, it would be ~0.
-    assert np.all(scaled["x_val"].mean(axis=0) > 10)
-    assert all(scaled[f"x_{part}"].dtype == np.float32 for part in PARTS)
-
-
-def test_standardize_leaves_labels_alone() -> None:
-    parts = scaled_parts(np.random.default_rng(1))
-    labels = {key: value.copy() for key, value in parts.items() if key.startswith("y_")}
-
-    scaled = standardize(parts)
-
-    for key, value in labels.items():
-        np.testing.assert_array_equal(scaled[key], value)
-        assert scaled[key].dtype == value.dtype
-
-
-def test_standardize_keeps_a_constant_feature_finite() -> None:
-    # Image borders are constant across MNIST's training part: std 0 must not divide by zero.
-    parts = scaled_parts(np.random.default_rng(2))
-    parts["x_train"][:, 1] = 7.0
-
-    scaled = standardize(parts)
-
-    for part in PARTS:
-        assert np.all(np.isfinite(scaled[f"x_{part}"]))
-    np.testing.assert_allclose(scaled["x_train"][:, 1], 0)

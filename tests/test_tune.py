@@ -1,7 +1,9 @@
-"""Real Keras Tuner searches on make_circles: nested MLflow runs, NaN trials, resume, repeat."""
+"""Real Keras Tuner searches on make_circles: nested MLflow runs, NaN trials, resume, repeat,
+and a search's identity (config, data, code): what starts a new search and what does not."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,15 +25,67 @@ TINY_SEARCH = (
 )
 
 
-def runs_by_stage(project: Path) -> tuple[object, list]:
+REPORTS = "reports/models/circles/search"
+
+
+def searches(project: Path) -> list[tuple[object, list]]:
+    """Every search run, oldest first, with its trial runs in trial order."""
     runs = all_runs(mlflow_client(project))
-    (parent,) = [r for r in runs if r.info.run_name == "circles/search"]
-    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return parent, sorted(trials, key=lambda r: r.data.tags["trial_id"])
+    parents = sorted(
+        (r for r in runs if r.info.run_name == "circles/search"), key=lambda r: r.info.start_time
+    )
+    return [
+        (
+            parent,
+            sorted(
+                (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                key=lambda r: int(r.data.tags["trial_id"]),
+            ),
+        )
+        for parent in parents
+    ]
+
+
+def runs_by_stage(project: Path) -> tuple[object, list]:
+    (search,) = searches(project)
+    return search
 
 
 def best_values(project: Path) -> dict:
     return yaml.safe_load((project / "models/circles/best_hparams.yaml").read_text())
+
+
+def search_outputs(project: Path) -> dict[str, bytes]:
+    """What a search writes besides its state: the best hyperparameters, trials, figures."""
+    files = [
+        project / "models/circles/best_hparams.yaml",
+        project / REPORTS / "trials.csv",
+        *sorted((project / REPORTS / "figures").iterdir()),
+    ]
+    return {str(path.relative_to(project)): path.read_bytes() for path in files}
+
+
+def run_and_kill(project: Path, overrides: tuple[str, ...], kill: signal.Signals) -> None:
+    """Start a search and interrupt it inside its second trial."""
+    search = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.tune", *overrides, "hydra.run.dir=."],
+        cwd=project,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    second_trial = project / "models/circles/search/keras_tuner/trial_1"
+    deadline = time.monotonic() + 300
+    while not second_trial.exists() and search.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert search.poll() is None, "the search ended before it could be interrupted"
+    time.sleep(1)
+    search.send_signal(kill)
+    search.wait(timeout=60)
+
+
+# Long trials (no early stopping) so that a kill lands inside the second one.
+SLOW_SEARCH = (*TINY_SEARCH[:3], "tuner.max_epochs=60", "tuner.early_stopping_patience=null")
 
 
 def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_best(
@@ -62,9 +116,9 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
     best_trial = max(trials, key=lambda r: r.data.metrics["score"])
     assert str(best["model"]["hidden_units"]) == best_trial.data.params["model.hidden_units"]
     assert parent.data.metrics["best_val_accuracy"] == best_trial.data.metrics["score"]
-    table = pd.read_csv(project / "reports/circles/search/trials.csv")
+    table = pd.read_csv(project / REPORTS / "trials.csv")
     assert list(table["status"]) == ["COMPLETED"] * 3
-    assert (project / "reports/circles/search/figures/score_by_hyperparameter.png").exists()
+    assert (project / REPORTS / "figures/score_by_hyperparameter.png").exists()
 
     run_stage("train", "experiment=circles/tuned", "train.epochs=2", "tracking.log_model=false")
     trained = [r for r in all_runs(client) if r.info.run_name == "circles/tuned"]
@@ -123,15 +177,18 @@ def test_a_bad_search_space_fails_before_any_work(
 
 
 def test_same_seed_same_trials_and_same_best(run_stage, circles_split: Path, project: Path) -> None:
-    outcomes = []
-    for _ in range(2):
-        run_stage("tune", *TINY_SEARCH, "tuner.seed=7")
-        table = pd.read_csv(project / "reports/circles/search/trials.csv").drop(
-            columns="mlflow_run_id"
+    run_stage("tune", *TINY_SEARCH, "tuner.seed=7")
+    # By hand: into a Hydra job folder of its own, with no search state, so it searches again.
+    run_stage("tune", *TINY_SEARCH, "tuner.seed=7", by_hand=True)
+    (job,) = (project / "outputs").glob("*/*")
+    outcomes = [
+        (
+            pd.read_csv(root / REPORTS / "trials.csv").drop(columns="mlflow_run_id"),
+            yaml.safe_load((root / "models/circles/best_hparams.yaml").read_text()),
         )
-        outcomes.append((table, best_values(project)))
-        # Another fingerprint next time would start anew anyway; this makes the repeat explicit.
-        (project / "models/circles/search/state.json").unlink()
+        for root in (project, job)
+    ]
+    assert len(searches(project)) == 2
     pd.testing.assert_frame_equal(outcomes[0][0], outcomes[1][0])
     assert outcomes[0][1] == outcomes[1][1]
 
@@ -141,36 +198,94 @@ def test_same_seed_same_trials_and_same_best(run_stage, circles_split: Path, pro
 def test_an_interrupted_search_resumes_without_redoing_finished_trials(
     run_stage, circles_split: Path, project: Path, kill: signal.Signals
 ) -> None:
-    # Long trials (no early stopping) so that the kill lands inside the second one.
-    slow = (*TINY_SEARCH[:3], "tuner.max_epochs=60", "tuner.early_stopping_patience=null")
-    search = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.tune", *slow],
-        cwd=project,
-        env=stage_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    second_trial = project / "models/circles/search/keras_tuner/trial_1"
-    deadline = time.monotonic() + 300
-    while not second_trial.exists() and search.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert search.poll() is None, "the search ended before it could be interrupted"
-    time.sleep(1)
-    search.send_signal(kill)
-    search.wait(timeout=60)
-
+    run_and_kill(project, SLOW_SEARCH, kill)
     _, trials = runs_by_stage(project)
     assert [r.info.status for r in trials] == [
         "FINISHED",
         "KILLED" if kill == signal.SIGINT else "RUNNING",
     ]
 
-    run_stage("tune", *slow)
+    run_stage("tune", *SLOW_SEARCH)
     parent, trials = runs_by_stage(project)
     assert parent.info.status == "FINISHED"
     finished = [r.data.tags["trial_id"] for r in trials if r.info.status == "FINISHED"]
     assert sorted(finished) == ["0", "1", "2"]  # each finished trial exactly once
     assert [r.info.status for r in trials if r.info.status != "FINISHED"] == ["KILLED"]
+
+
+def test_a_finished_search_run_again_searches_nothing_and_leaves_its_run_alone(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("tune", *TINY_SEARCH)
+    parent, trials = runs_by_stage(project)
+    written = search_outputs(project)
+
+    again = run_stage("tune", *TINY_SEARCH)
+    assert f"already finished (MLflow run {parent.info.run_id})" in again.stdout
+    rerun, rerun_trials = runs_by_stage(project)  # still the one search run
+    assert (rerun.info.status, rerun.info.end_time) == ("FINISHED", parent.info.end_time)
+    assert (rerun.data.params, rerun.data.tags) == (parent.data.params, parent.data.tags)
+    assert [r.info.run_id for r in rerun_trials] == [r.info.run_id for r in trials]
+    assert search_outputs(project) == written
+
+
+def test_a_forced_rerun_of_a_finished_search_writes_its_outputs_again(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("tune", *TINY_SEARCH)
+    parent, trials = runs_by_stage(project)
+    written = search_outputs(project)
+    # What `dvc repro -f` does: it deletes the outputs, but keeps the persisted search folder.
+    (project / "models/circles/best_hparams.yaml").unlink()
+    (project / REPORTS / "trials.csv").unlink()
+    shutil.rmtree(project / REPORTS / "figures")
+
+    run_stage("tune", *TINY_SEARCH)
+    assert search_outputs(project) == written
+    rerun, rerun_trials = runs_by_stage(project)
+    assert (rerun.info.status, rerun.info.end_time) == ("FINISHED", parent.info.end_time)
+    assert len(rerun_trials) == len(trials)
+
+
+def test_a_code_change_starts_a_new_search_and_the_old_one_stays_finished(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("tune", *TINY_SEARCH)
+    ((old, _),) = searches(project)
+    with open(project / "pipeline/models.py", "a") as models:
+        models.write("# an edit to the code that builds the models\n")
+
+    result = run_stage("tune", *TINY_SEARCH)
+    assert "code (models.py) changed" in result.stdout
+    (kept, _), (new, trials) = searches(project)
+    assert (kept.info.status, kept.info.end_time) == ("FINISHED", old.info.end_time)
+    assert new.info.status == "FINISHED"
+    assert [r.info.status for r in trials] == ["FINISHED"] * 3
+    assert new.data.tags["search_identity"] != old.data.tags["search_identity"]
+    assert new.data.tags["search_identity.code"] != old.data.tags["search_identity.code"]
+    assert new.data.tags["search_identity.config"] == old.data.tags["search_identity.config"]
+    assert (
+        f"search run {new.info.run_id}"
+        in (project / "models/circles/best_hparams.yaml").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_a_changed_search_ends_the_unfinished_one_it_replaces_killed(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_and_kill(project, SLOW_SEARCH, signal.SIGKILL)  # leaves its runs RUNNING
+
+    run_stage("tune", *TINY_SEARCH, "search_space.model.dropout.max=0.2")
+    (old, old_trials), (new, trials) = searches(project)
+    assert old.info.status == "KILLED"
+    assert [r.info.status for r in old_trials] == ["FINISHED", "KILLED"]
+    for run in (old, old_trials[1]):
+        assert run.data.tags["failure_reason"].startswith(
+            f"superseded by a new search (run {new.info.run_id}): its config changed"
+        )
+    assert new.info.status == "FINISHED"
+    assert [r.info.status for r in trials] == ["FINISHED"] * 3
 
 
 def test_the_score_plot_takes_keys_searched_only_under_a_condition(tmp_path: Path) -> None:
