@@ -77,6 +77,8 @@ def log_model(net: Any, data: Split) -> None:
             net,
             pip_requirements=requirements("sklearn", "numpy"),
             pyfunc_predict_fn="predict_proba",  # probabilities, as a Keras model gives
+            # The Pipeline's input steps (models.build_sklearn): NumPy functions, no code.
+            skops_trusted_types=["functools.partial", "numpy.reshape", "numpy.multiply"],
             **common,
         )
 

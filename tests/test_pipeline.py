@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import all_runs, mlflow_client, stage_env
 from tiny_data import write_mnist_mirror, write_sign_digits_mirror
@@ -36,6 +38,51 @@ out = np.asarray(model.predict(data.x_test if data.x_test.ndim == 2 else data.x_
 pred = out.argmax(1) if out.ndim == 2 and out.shape[1] > 1 else (out.ravel() > 0.5).astype(int)
 print(float(np.mean(pred == data.y_test)))
 """
+
+
+def raw_test_inputs(repo: Path, mirror: Path) -> list[tuple[str, list[str], list[str]]]:
+    """Each task's test points as the source gives them, written to files for `predict`, with
+    their labels: MNIST's test IDX files parsed afresh, the sign-digit photos (JPEG files) of
+    the test parts, circles' points generated afresh. The split files only say which points
+    are in the test parts."""
+    from sklearn.datasets import make_circles
+
+    from pipeline.datasets import grayscale
+
+    def part(task: str) -> tuple[np.ndarray, list[str]]:
+        with np.load(repo / f"data/split/{task}.npz") as split:
+            names = [str(name) for name in split["class_names"]]
+            return split["x_test"], [names[label] for label in split["y_test"]]
+
+    def rows_in(pool: np.ndarray, x_test: np.ndarray) -> list[int]:
+        flat = pool.reshape(len(pool), -1)
+        return [int(np.flatnonzero((flat == x.ravel()).all(axis=1))[0]) for x in x_test]
+
+    inputs = []
+    images = np.frombuffer(
+        gzip.decompress((mirror / "mnist/t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8
+    )
+    labels = np.frombuffer(
+        gzip.decompress((mirror / "mnist/t10k-labels-idx1-ubyte.gz").read_bytes())[8:], np.uint8
+    )
+    np.save(repo / "mnist_test.npy", images.reshape(-1, 28, 28))
+    inputs.append(("mnist", ["mnist_test.npy"], [str(label) for label in labels]))
+
+    photos = sorted((mirror / "sign_language_digits/Dataset").glob("*/*.JPG"))
+    size = int(
+        re.search(r"image_size: (\d+)", (repo / "conf/source/sign_digits.yaml").read_text())[1]
+    )
+    pixels = np.stack([grayscale(photo.read_bytes(), size) for photo in photos])
+    for task in ("sign_digits", "sign_digits_01"):
+        x_test, truth = part(task)
+        inputs.append((task, [str(photos[row]) for row in rows_in(pixels, x_test)], truth))
+
+    points, _ = make_circles(n_samples=100, shuffle=True, noise=0.05, random_state=100, factor=0.8)
+    x_test, truth = part("circles")
+    chosen = points.astype(np.float32)[rows_in(points.astype(np.float32), x_test)]
+    (repo / "circles_test.csv").write_text("".join(f"{x!r},{y!r}\n" for x, y in chosen.tolist()))
+    inputs.append(("circles", ["circles_test.csv"], truth))
+    return inputs
 
 
 def edit(path: Path, pattern: str, replacement: str) -> None:
@@ -151,6 +198,29 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     nothing = shell(repo, "dvc", "repro")
     assert stages_run(nothing.stdout) == set()
 
+    # Evaluate added its metrics to each train run later, without reopening it: the run's end
+    # is training's.
+    for run in runs:
+        (scored,) = client.get_metric_history(run.info.run_id, "test_accuracy")
+        assert run.info.end_time < scored.timestamp, run.info.run_name
+
+    # Each champion takes inputs as the source gives them, read afresh in a new process, and
+    # scores on them what evaluate reported for the same points.
+    for task, files, labels in raw_test_inputs(repo, mirror):
+        version = client.get_model_version_by_alias(task, "champion")
+        reported = client.get_run(version.run_id).data.metrics["test_accuracy"]
+        answers = shell(repo, sys.executable, "-m", "pipeline.predict", f"task={task}", *files)
+        predicted = [line.split("\t")[1] for line in answers.stdout.strip().splitlines()]
+        assert len(predicted) == len(labels), task
+        assert np.mean(np.array(predicted) == np.array(labels)) == pytest.approx(reported), task
+
+    # The report run again registers no new version; each task's champion stays.
+    versions = {task: len(client.search_model_versions(f"name = '{task}'")) for task in TASKS}
+    shell(repo, "dvc", "repro", "--force", "--single-item", "report")
+    for task in TASKS:
+        assert len(client.search_model_versions(f"name = '{task}'")) == versions[task] == 1
+        assert int(client.get_model_version_by_alias(task, "champion").version) == 1
+
     # One data set's parameter reruns that data set's stages (and the report), nothing else.
     edit(repo / "conf/dataset/circles.yaml", r"seed: 0", "seed: 1")
     again = shell(repo, "dvc", "repro")
@@ -194,3 +264,23 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     assert len(list(repo.glob("multirun/*/[01]/models/circles/baseline/run.json"))) == 2
     assert len(list(repo.glob("outputs/*/*/models/circles/baseline/run.json"))) == 1
     assert changed_stages(repo) == set()
+
+    # A finished search run again, forced or by hand, searches nothing and keeps its best.
+    def circles_searches() -> tuple[int, int]:
+        found = all_runs(client)
+        searches = {r.info.run_id for r in found if r.info.run_name == "circles/search"}
+        trials = [r for r in found if r.data.tags.get("mlflow.parentRunId") in searches]
+        return len(searches), len(trials)
+
+    best = (repo / "models/circles/best_hparams.yaml").read_text()
+    searched = circles_searches()
+    shell(repo, "dvc", "repro", "--force", "--single-item", "tune@circles")
+    shell(repo, sys.executable, "-m", "pipeline.tune", "search=circles", "hydra.run.dir=.")
+    assert (repo / "models/circles/best_hparams.yaml").read_text() == best
+    assert circles_searches() == searched
+    # The code that builds the models changed: a new search, with trials of its own.
+    with (repo / "pipeline/models.py").open("a") as code:
+        code.write("# edited\n")
+    shell(repo, "dvc", "repro", "--single-item", "tune@circles")
+    assert circles_searches()[0] == searched[0] + 1
+    assert circles_searches()[1] > searched[1]
