@@ -92,3 +92,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Slow tests first: split over workers (pytest-xdist), the long end-to-end run then starts
     at once instead of being the last one left."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def wait_until_answering(
+    process: subprocess.Popen, url: str, log: Path, timeout: float = 60.0
+) -> None:
+    """Wait until a server started as `process` answers `url` with 200; fail with the end of
+    its `log` if it exits or stays silent."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    # A proxy set in the caller's environment must not see loopback requests.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"{process.args[:3]} exited ({process.returncode}):\n{log.read_text()[-4000:]}"
+            )
+        try:
+            with opener.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until_answering
 
 pytestmark = pytest.mark.slow
 
@@ -87,21 +87,6 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _wait_until_healthy(process: subprocess.Popen, uri: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            with _opener.open(uri + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[Server]:
     """A fresh server per test, so each test can count the runs in its store."""
@@ -142,7 +127,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[Server]:
             start_new_session=True,
         )
     try:
-        _wait_until_healthy(process, uri, log)
+        wait_until_answering(process, uri + "/health", log, START_TIMEOUT_S)
         yield Server(uri, folder / "artifacts")
     finally:
         _stop(process)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mlflow_client, stage_env
+from conftest import mlflow_client, stage_env, wait_until_answering
 from test_mlflow_server import _opener, _stop, free_port
 
 pytestmark = pytest.mark.slow
@@ -29,21 +28,6 @@ def predict(project: Path, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def wait_until_serving(process: subprocess.Popen, uri: str, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow models serve exited:\n{log.read_text()[-4000:]}")
-        try:
-            with _opener.open(uri + "/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve did not answer:\n{log.read_text()[-4000:]}")
 
 
 def test_the_champion_predicts_raw_points_by_command_and_over_http(
@@ -93,7 +77,7 @@ def test_the_champion_predicts_raw_points_by_command_and_over_http(
         )  # fmt: skip
     try:
         uri = f"http://127.0.0.1:{port}"
-        wait_until_serving(server, uri, log)
+        wait_until_answering(server, uri + "/ping", log, timeout=120)
         request = urllib.request.Request(
             uri + "/invocations",
             data=json.dumps({"inputs": points.tolist()}).encode(),
