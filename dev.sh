@@ -3,6 +3,7 @@
 # again only when the lock changes), then:
 #   ./dev.sh repro [dvc repro args]   run the pipeline (dvc repro)
 #   ./dev.sh test [pytest args]       run the test suite
+#   ./dev.sh team-server [options]    MLflow tracking server on PostgreSQL (--help; README)
 #   ./dev.sh <command ...>            run any command inside the environment (dvc, mlflow, python)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,8 +47,11 @@ case "$command" in
   test)
     exec python -m pytest "$@"
     ;;
+  team-server)
+    exec python -m pipeline.team_server "$@"
+    ;;
   "")
-    echo "usage: ./dev.sh repro | test | <command in the environment>" >&2
+    echo "usage: ./dev.sh repro | test | team-server | <command in the environment>" >&2
     exit 2
     ;;
   *)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -369,6 +370,10 @@ class TunerConfig:
     # score on the validation part. The test part is never used.
     cv_folds: int | None = None
     seed: int = 1
+    # Processes running trials at once, each with its own trial, served by one Keras Tuner
+    # oracle in this process (pipeline/distributed.py); 1: trials run here, one after another.
+    # Not part of a search's identity: the same trials get the same scores either way.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         # Keras Tuner takes a seed of 0 for "no seed" and draws a random one.
@@ -379,6 +384,7 @@ class TunerConfig:
         )
         _check(self.max_trials > 0, f"tuner.max_trials must be > 0, got {self.max_trials}")
         _check(self.max_epochs > 0, f"tuner.max_epochs must be > 0, got {self.max_epochs}")
+        _check(self.workers >= 1, f"tuner.workers must be >= 1, got {self.workers}")
         _check(self.factor >= 2, f"tuner.factor must be >= 2, got {self.factor}")
         _check(
             0 < self.train_fraction <= 1,
@@ -400,6 +406,17 @@ class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI, else SQLite at the repository root (see pipeline.tracking).
     uri: str | None = None
     log_model: bool = True
+    # Put before every MLflow experiment and registered-model name (tracking.experiment_name),
+    # so that projects sharing one server keep apart: "acme-" gives "acme-mnist".
+    experiment_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        # Characters every store and the model registry accept in names and in models:/ URIs.
+        _check(
+            re.fullmatch(r"[A-Za-z0-9._-]*", self.experiment_prefix) is not None,
+            "tracking.experiment_prefix may hold only letters, digits, '.', '_' and '-', got "
+            f"{self.experiment_prefix!r}",
+        )
 
 
 @dataclass

@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> None:
     task, variant = settings.dataset.name, settings.variant
     run_file = settings.paths.read.model_dir(task, variant) / "run.json"
     trained = json.loads(run_file.read_text())
-    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
     tracking.require_run(trained["run_id"], run_file)
     data = load_split(settings.paths.read.split_file(task))
     accuracies = fold_accuracies(settings, data)

@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> None:
     if not run_file.exists():
         raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
     trained = json.loads(run_file.read_text())
-    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
     tracking.require_run(trained["run_id"], run_file)
     split_file = settings.paths.read.split_file(task)
     data = load_split(split_file)

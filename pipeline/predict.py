@@ -25,7 +25,8 @@ from pipeline.errors import DataError, PipelineError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 USAGE = (
     "usage: python -m pipeline.predict task=<task> | model=<model URI> "
-    "[tracking.uri=<store>] <image files, a .npy or a .csv>"
+    "[tracking.uri=<store>] [tracking.experiment_prefix=<prefix>] "
+    "<image files, a .npy or a .csv>"
 )
 
 
@@ -108,7 +109,7 @@ def input_shape(model: Any) -> tuple[int, ...]:
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[Path]]:
     options = dict(arg.split("=", 1) for arg in argv if "=" in arg)
-    unknown = set(options) - {"task", "model", "tracking.uri"}
+    unknown = set(options) - {"task", "model", "tracking.uri", "tracking.experiment_prefix"}
     if unknown:
         raise PipelineError(f"unknown option {sorted(unknown)[0]}=...; {USAGE}")
     files = [Path(arg) for arg in argv if "=" not in arg]
@@ -127,8 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 
         from pipeline import tracking
 
-        mlflow.set_tracking_uri(tracking.tracking_uri(options.get("tracking.uri")))
-        uri = options.get("model") or f"models:/{options['task']}@champion"
+        tracking.connect(tracking.tracking_uri(options.get("tracking.uri")))
+        prefix = options.get("tracking.experiment_prefix", "")
+        uri = options.get("model") or (
+            f"models:/{tracking.experiment_name(options['task'], prefix)}@champion"
+        )
         try:
             model = mlflow.pyfunc.load_model(uri)
         except mlflow.exceptions.MlflowException as error:

@@ -39,7 +39,7 @@ COLUMNS = {
 }
 
 
-def task_runs(task: str, models_dir: Path) -> pd.DataFrame:
+def task_runs(task: str, experiment: str, models_dir: Path) -> pd.DataFrame:
     """The MLflow runs behind the task's current models, one row per variant."""
     run_ids = {
         folder.name: json.loads((folder / "run.json").read_text())["run_id"]
@@ -50,7 +50,8 @@ def task_runs(task: str, models_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
     quoted = ", ".join(f"'{run_id}'" for run_id in run_ids.values())
     runs = mlflow.search_runs(
-        experiment_names=[task], filter_string=f"attributes.run_id IN ({quoted})"
+        experiment_names=[experiment],
+        filter_string=f"attributes.run_id IN ({quoted})",
     )
     runs["variant"] = runs["run_id"].map({v: k for k, v in run_ids.items()})
     return runs.sort_values("variant", key=lambda v: v.map(_variant_order)).reset_index(drop=True)
@@ -89,47 +90,49 @@ def best_run(runs: pd.DataFrame) -> pd.Series:
     return ranked.iloc[0]
 
 
-def register_best(task: str, runs: pd.DataFrame) -> str:
-    """Register `best_run(runs)` in the model registry as model `task` with the alias
-    `champion`; returns a line for the report.
+def register_best(name: str, runs: pd.DataFrame) -> str:
+    """Register `best_run(runs)` in the model registry as model `name` (the task's experiment's
+    name) with the alias `champion`; returns a line for the report.
 
     A run registered before keeps its version: the report reruns whenever any of its inputs
     change, and a new version each time would number the same model many times over.
     """
     best = best_run(runs)
     client = mlflow.MlflowClient()
-    registered = client.search_model_versions(f"name = '{task}' and run_id = '{best['run_id']}'")
+    registered = client.search_model_versions(f"name = '{name}' and run_id = '{best['run_id']}'")
     if registered:
         version = max(registered, key=lambda v: int(v.version))
     else:
         version = mlflow.register_model(
             f"runs:/{best['run_id']}/model",
-            name=task,
+            name=name,
             tags={
                 "variant": best["variant"],
                 "test_accuracy": f"{best['metrics.test_accuracy']:.6f}",
                 "val_accuracy": f"{best['metrics.final_val_accuracy']:.6f}",
             },
         )
-    client.set_registered_model_alias(task, CHAMPION, version.version)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
     return (
-        f"Registered in MLflow as model `{task}` version {version.version}, alias `{CHAMPION}`: "
+        f"Registered in MLflow as model `{name}` version {version.version}, alias `{CHAMPION}`: "
         f"the {best['variant']} model, chosen by best validation accuracy "
         f"({best['metrics.final_val_accuracy']:.4f}; a tie goes to the searched model); load it "
-        f"with `mlflow.pyfunc.load_model('models:/{task}@{CHAMPION}')`."
+        f"with `mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}')`."
     )
 
 
 def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str:
+    tracking_cfg = settings.tracking
+    experiment = tracking.use_experiment(task, tracking_cfg.uri, tracking_cfg.experiment_prefix)
     read = settings.paths.read
-    runs = task_runs(task, read.path("models"))
+    runs = task_runs(task, experiment, read.path("models"))
     if runs.empty:
         return f"## {task}\n\nNo trained model yet.\n"
     table = results_table(runs)
     digits = [".1f" if column == "train time (s)" else ".4f" for column in table.columns]
     lines = [f"## {task}", "", table.to_markdown(index=False, floatfmt=digits), ""]
     if settings.register_models and "metrics.final_val_accuracy" in runs:
-        lines += [register_best(task, runs), ""]
+        lines += [register_best(experiment, runs), ""]
 
     curve_files = {
         variant: read.report_dir(task, variant) / "learning_curve.csv"
@@ -190,7 +193,6 @@ def main(cfg: DictConfig) -> None:
     with atomic_output(reports / "figures") as figures:
         figures.mkdir()
         for task in settings.tasks or config.pipeline_tasks():
-            tracking.use_experiment(task, settings.tracking.uri)
             sections.append(task_section(task, settings, figures))
     write_text(reports / "README.md", "\n".join(header + sections))
     log.info("wrote %s", reports / "README.md")

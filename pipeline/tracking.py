@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.entities import Metric, RunStatus, RunTag
 
+from pipeline.errors import PipelineError
 from pipeline.files import sha256_of
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
 METRICS_FLUSH_SECONDS = 10.0  # the longest per-epoch metrics wait before they are written
+PROBE_TIMEOUT_S = 10.0  # how long a tracking server may take to answer before a stage gives up
 # Without it MLflow's UI opens an experiment on its GenAI overview instead of its training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -54,12 +57,80 @@ def tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
 
 
-def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
-    """Point MLflow at the store and experiment. A new experiment in an SQLite store keeps its
-    artifacts in mlartifacts/ beside the database file, an absolute path, wherever the stage
-    runs from; a server store places them itself."""
-    uri = tracking_uri(configured_uri)
+def experiment_name(task: str, prefix: str = "") -> str:
+    """The MLflow experiment of task `task`, and the name its champion is registered under:
+    tracking.experiment_prefix + task ("acme-" + "mnist"). Every name given to MLflow comes from
+    here."""
+    return prefix + task
+
+
+def connect(uri: str) -> None:
+    """Point MLflow at store `uri`. A tracking server that does not answer stops the stage at
+    once with one line: MLflow itself would retry for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    with backoff) and then end in a traceback."""
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:"):
+        open_sqlite_store(uri)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        # Any answer, even an error status (a proxy, a server wanting credentials), means the
+        # server is there; MLflow's own requests then report what is wrong with them.
+        requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+    except requests.exceptions.SSLError:
+        return  # MLflow may trust certificates (MLFLOW_TRACKING_SERVER_CERT_PATH) this does not
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+        if isinstance(error, requests.exceptions.Timeout):
+            reason = f"no answer in {PROBE_TIMEOUT_S:.0f} s"
+        else:
+            found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+            reason = found.group(1).strip().lower() if found else "cannot connect"
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it "
+            "(./dev.sh team-server) or set MLFLOW_TRACKING_URI / tracking.uri to a running one"
+        ) from None
+
+
+def open_sqlite_store(uri: str) -> None:
+    """Open SQLite store `uri`, creating its tables if new, under a lock every stage takes.
+
+    MLflow's tracking store creates and migrates a new database's tables without a lock, so
+    stages starting together on a new mlflow.db (the jobs of a parallel sweep, experiments run
+    by `dvc queue start -j 2`) raced and failed: "table experiments already exists", "Online
+    migration expected to match one row" (2 or 3 of 4 processes, every time). Once the tables
+    exist, MLflow's own 20 s SQLite busy timeout carries concurrent writers: 8 processes logging
+    20 runs each at once, 2 cores, lost nothing and saw no "database is locked".
+    """
+    import fcntl
+    import tempfile
+
+    # Imported first, so that the lock is held only while the store opens: 0.05 s for an existing
+    # one, about 1 s for a new one (0.6 s more with the import inside).
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    # One lock for every store of this user, in the temp folder: none lands in the repository,
+    # and one file per store would pile up (each test makes its own); stages opening other
+    # stores at the same moment wait that briefly.
+    lock_file = Path(tempfile.gettempdir()) / f"pipeline-mlflow-init-{os.getuid()}.lock"
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            # MLflow keeps the store it opens here for the process: this is its only
+            # initialisation.
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "") -> str:
+    """Point MLflow at the store and at task `task`'s experiment (`experiment_name`, returned).
+    A new experiment in an SQLite store keeps its artifacts in mlartifacts/ beside the database
+    file, an absolute path, wherever the stage runs from; a server store places them itself."""
+    uri = tracking_uri(configured_uri)
+    connect(uri)
+    experiment = experiment_name(task, prefix)
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
         if uri.startswith("sqlite:///"):
@@ -78,6 +149,7 @@ def use_experiment(experiment: str, configured_uri: str | None = None) -> None:
     kind = existing.tags.get(EXPERIMENT_KIND_TAG)
     if kind is None or "inferred" in kind:
         mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment
 
 
 @contextmanager

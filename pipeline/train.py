@@ -92,7 +92,7 @@ def main(cfg: DictConfig) -> None:
     data = load_split(split_file)
     out_dir = settings.paths.write.model_dir(task, settings.variant)
 
-    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
     tags = {
         "task": task,
         "variant": settings.variant,

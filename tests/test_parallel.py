@@ -1,0 +1,167 @@
+"""Parallel runs into one SQLite MLflow store: a Hydra sweep on the joblib launcher, and DVC
+experiments queued and run two at a time, each with real processes (loky workers, DVC's queue
+workers) starting together on a store that does not exist yet."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import all_runs, mlflow_client, stage_env
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+QUEUE_TIMEOUT_S = 240  # DVC's queue has reported hangs (iterative/dvc#10398): fail, never hang
+EXPERIMENTS = {"exp-a": "0.02", "exp-b": "0.05"}  # name -> model.optimizer.lr
+
+
+def overlapping(runs: list) -> bool:
+    """Whether some two of the runs were open at the same time."""
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_runs_jobs_side_by_side_each_in_its_own_folder_and_run(
+    run_stage: Callable[..., subprocess.CompletedProcess], circles_split: Path, project: Path
+) -> None:
+    rates = ["0.001", "0.01", "0.1", "0.03"]
+    result = run_stage(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=circles/baseline",
+        f"model.optimizer.lr={','.join(rates)}",
+        "train.epochs=2",
+        "tracking.log_model=false",
+        by_hand=True,
+    )
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+
+    runs = all_runs(mlflow_client(project))
+    assert sorted(r.data.params["model.optimizer.lr"] for r in runs) == sorted(rates)
+    assert [r.info.status for r in runs] == ["FINISHED"] * 4
+    (sweep_id,) = {r.data.tags["hydra_sweep_id"] for r in runs}
+    by_job = {r.data.tags["hydra_job_num"]: r for r in runs}
+    assert sorted(by_job) == ["0", "1", "2", "3"]
+    assert overlapping(runs), "the jobs ran one after another, not side by side"
+    client = mlflow_client(project)
+    for run in runs:
+        for key in EPOCH_METRICS:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == [0, 1], (run.data.tags["hydra_job_num"], key, steps)
+
+    # Each job wrote its model under its own folder of the one sweep folder, and nothing went
+    # to the pipeline's own models/.
+    assert [p.name for p in (project / "multirun").iterdir()] == [sweep_id]
+    for job, run in by_job.items():
+        summary = project / "multirun" / sweep_id / job / "models/circles/baseline/run.json"
+        assert json.loads(summary.read_text())["run_id"] == run.info.run_id
+    assert not (project / "models").exists()
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["dvc", *args], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr}")
+    return result
+
+
+def queue_report(repo: Path) -> str:
+    """What the queue says of itself and each experiment's log tail: a failure's explanation."""
+    parts = [dvc(repo, "queue", "status", check=False).stdout]
+    for name in EXPERIMENTS:
+        log = dvc(repo, "queue", "logs", name, check=False)
+        parts.append(f"--- {name}:\n{(log.stdout + log.stderr)[-2500:]}")
+    return "\n".join(parts)
+
+
+def wait_for_queue(repo: Path) -> None:
+    """Until the queue has nothing queued or running; a failure after QUEUE_TIMEOUT_S."""
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    asked = time.monotonic()
+    while True:
+        # An experiment's git ref appears as it ends, for 5 ms of git; `dvc queue status` (half a
+        # second of CPU the experiments want) is asked then, or now and again to catch failures.
+        refs = subprocess.run(
+            ["git", "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if set(refs) >= set(EXPERIMENTS) or time.monotonic() - asked > 15:
+            if not re.search(r"\b(Queued|Running)\b", dvc(repo, "queue", "status").stdout):
+                return
+            asked = time.monotonic()
+        if time.monotonic() > deadline:
+            pytest.fail(f"queue unfinished after {QUEUE_TIMEOUT_S} s:\n{queue_report(repo)}")
+        time.sleep(1)
+
+
+@pytest.fixture
+def circles_repo(project: Path) -> Path:
+    """The project as a git + DVC repository whose circles baseline trains for two epochs."""
+    preset = project / "conf/experiment/circles/baseline.yaml"
+    preset.write_text(re.sub(r"epochs: \d+", "epochs: 2", preset.read_text()))
+    tracking = project / "conf/tracking/default.yaml"
+    tracking.write_text(re.sub(r"log_model: true", "log_model: false", tracking.read_text()))
+    (project / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n")
+    env = stage_env()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-qm", "circles"],
+    ):
+        subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
+    return project
+
+
+@pytest.mark.slow
+def test_queued_dvc_experiments_run_two_at_a_time_each_into_its_own_run(
+    circles_repo: Path,
+) -> None:
+    repo = circles_repo
+    for name, lr in EXPERIMENTS.items():
+        dvc(
+            repo,
+            "exp",
+            "run",
+            "--queue",
+            "-n",
+            name,
+            "-S",
+            f"conf/experiment/circles/baseline.yaml:model.optimizer.lr={lr}",
+            "train@circles-baseline",  # with fetch@circles and split@circles before it
+        )
+    dvc(repo, "queue", "start", "-j", "2")
+    try:
+        wait_for_queue(repo)
+    finally:
+        # Its workers would otherwise wait for more experiments after the test.
+        dvc(repo, "queue", "stop", "--kill", check=False)
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = [e for row in shown for e in row.get("experiments") or []]
+    states = {e["name"]: e["executor"]["state"] for e in experiments}
+    assert states == dict.fromkeys(EXPERIMENTS, "success"), queue_report(repo)
+    for experiment in experiments:
+        (rev,) = experiment["revs"]
+        params = rev["data"]["params"]["conf/experiment/circles/baseline.yaml"]["data"]
+        assert str(params["model"]["optimizer"]["lr"]) == EXPERIMENTS[experiment["name"]]
+
+    runs = all_runs(mlflow_client(repo))
+    assert {r.data.tags.get("dvc_exp_name"): r.data.params["model.optimizer.lr"] for r in runs} == (
+        EXPERIMENTS
+    )
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    assert overlapping(runs), "the queue ran its experiments one after another"

@@ -1,0 +1,216 @@
+"""The team server (`./dev.sh team-server`): a real PostgreSQL from the pinned wheel, a real
+`mlflow server` on it serving artifacts, the stages logging to it with a project prefix; and the
+one-line errors when the server or the database is not there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import ROOT, stage_env
+from mlflow import MlflowClient
+
+from pipeline import team_server
+from pipeline.team_server import free_port
+
+START_TIMEOUT_S = 120
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # nothing here may leave loopback
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class TeamServer:
+    uri: str
+    data: Path
+    log: Path
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.team_server", *args]
+
+
+def _wait_until_healthy(process: subprocess.Popen, uri: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"team server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            with _opener.open(uri + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"team server not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def team(tmp_path: Path) -> Iterator[TeamServer]:
+    """The documented command, as a user starts it, on free loopback ports."""
+    # As root, PostgreSQL runs as `nobody`, which cannot pass through pytest's 0700 tmp_path.
+    data = Path(tempfile.mkdtemp(prefix="team-server-")) / "data"
+    data.parent.chmod(0o711)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = tmp_path / "team-server.log"
+    env = {**stage_env(), **NO_TELEMETRY}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            # One worker: four would each import MLflow, seconds of CPU on a 2-core runner.
+            _command("--data", str(data), "--port", str(port), "--workers", "1"),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_until_healthy(process, uri, log)
+        yield TeamServer(uri, data, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-4000:]
+        # PostgreSQL removes its lock file only on a clean shutdown: nothing is left running.
+        assert not (data / "postgres" / "postmaster.pid").exists(), log.read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(data.parent, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_stages_log_to_the_postgresql_team_server_under_the_project_prefix(
+    team: TeamServer, run_stage, circles_split: Path, project: Path
+) -> None:
+    env = {"MLFLOW_TRACKING_URI": team.uri, **NO_TELEMETRY}
+    prefix = "tracking.experiment_prefix=acme-"
+    run_stage("train", "experiment=circles/baseline", "train.epochs=2", prefix, **env)
+    run_stage("evaluate", "experiment=circles/baseline", prefix, **env)
+    run_stage("report", "tasks=[circles]", prefix, **env)
+    assert not (project / "mlflow.db").exists(), "the stages ignored MLFLOW_TRACKING_URI"
+    assert not (project / "mlartifacts").exists(), "artifacts were written locally, not proxied"
+
+    client = MlflowClient(tracking_uri=team.uri)
+    names = {e.name for e in client.search_experiments()}
+    assert "acme-circles" in names and "circles" not in names
+    experiment = client.get_experiment_by_name("acme-circles")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "circles/baseline" and run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["tracking.experiment_prefix"] == "acme-"
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+    for key in ("loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1]
+
+    # Artifacts go through the server into its own folder, not to the stage's disk.
+    assert urllib.parse.urlparse(run.info.artifact_uri).scheme == "mlflow-artifacts"
+    listed = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "evaluation"} <= listed
+    config_yaml = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(project)))
+    assert "epochs: 2" in config_yaml.read_text()
+    stored = list((team.data / "artifacts").rglob("confusion_matrix.png"))
+    assert len(stored) == 1 and stored[0].read_bytes().startswith(b"\x89PNG")
+
+    # The report registered the champion under the prefixed name too.
+    champion = client.get_model_version_by_alias("acme-circles", "champion")
+    assert champion.run_id == run.info.run_id
+
+    # And it all lives in PostgreSQL, not in some SQLite file beside it.
+    password = (team.data / "db-password").read_text().strip()
+    port = _postgres_port(team.log)
+    with psycopg.connect(
+        f"postgresql://postgres:{password}@127.0.0.1:{port}/mlflow", connect_timeout=5
+    ) as db:
+        (runs,) = db.execute("SELECT count(*) FROM runs").fetchone()
+        (steps,) = db.execute(
+            "SELECT count(*) FROM metrics WHERE key = 'loss' AND run_uuid = %s",
+            (run.info.run_id,),
+        ).fetchone()
+    assert (runs, steps) == (1, 2)
+
+
+def _postgres_port(log: Path) -> int:
+    """From the team server's ready line: `(PostgreSQL on 127.0.0.1:<port>; ...)`."""
+    for line in log.read_text().splitlines():
+        if line.startswith("team server ready:"):
+            return int(line.split("PostgreSQL on 127.0.0.1:")[1].split(";")[0])
+    pytest.fail(f"no ready line in the team server's output:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+def test_a_stage_fails_at_once_with_one_line_when_the_tracking_server_is_down(
+    run_stage, circles_split: Path
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = run_stage(
+        "train",
+        "experiment=circles/baseline",
+        "train.epochs=2",
+        check=False,
+        MLFLOW_TRACKING_URI=closed,
+        # Left to MLflow, this many retries would take minutes: the stage must not get there.
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="7",
+        **NO_TELEMETRY,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow tracking server {closed} is unreachable (connection refused); start it "
+        "(./dev.sh team-server) or set MLFLOW_TRACKING_URI / tracking.uri to a running one"
+    ]
+
+
+def test_the_team_server_stops_with_one_line_when_its_database_is_unreachable() -> None:
+    store = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
+    result = subprocess.run(
+        _command("--backend-store-uri", store, "--port", str(free_port())),
+        cwd=ROOT,
+        env={**stage_env(), **NO_TELEMETRY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot reach the database {team_server.masked(store)}: ")
+    assert "connection refused" in line.lower() and line.endswith("fix --backend-store-uri")
+    assert "s3cret" not in line
+
+
+def test_a_bad_prefix_is_one_line_naming_it(run_stage) -> None:
+    result = run_stage(
+        "train", "experiment=circles/baseline", "tracking.experiment_prefix=acme/", check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: tracking.experiment_prefix may hold only letters, digits, '.', '_' and '-', "
+        "got 'acme/'"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
+def test_as_root_a_data_folder_that_nobody_can_reach_is_one_line(tmp_path: Path) -> None:
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    result = subprocess.run(
+        _command("--data", str(hidden / "data"), "--port", str(free_port())),
+        cwd=ROOT,
+        env={**stage_env(), **NO_TELEMETRY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --data {hidden / 'data'}: PostgreSQL runs as user nobody")
+    assert f"and {hidden} (mode drwx------) does not let it through" in line
