@@ -10,6 +10,9 @@ models/<task>/search/ keeps the tuner's state: a search killed part way resumes 
 without redoing finished trials. A search is known by its identity (the config it reads, the
 data, the code of its models); another identity starts a new search and MLflow run, while a
 finished search run again writes its kept outputs anew, searching nothing.
+
+With tuner.workers=N, N processes run the trials, served by an oracle in this one
+(pipeline/distributed.py); the search, its run and its outputs are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -29,7 +33,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import config, datasets, models, plots, search_space, tracking
+from pipeline import config, datasets, distributed, models, plots, search_space, tracking
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
@@ -64,9 +68,11 @@ def make_tuner(
     folder: Path,
     resume: bool,
     track: bool = True,
+    parent_run_id: str | None = None,
 ) -> Any:
     """A Keras Tuner tuner of the configured algorithm; with `track`, its trials are MLflow
-    runs nested under the active run."""
+    runs nested under run `parent_run_id` (None: the active run), tagged with the worker that
+    ran them."""
     import keras
     import keras_tuner as kt
 
@@ -129,20 +135,24 @@ def make_tuner(
             mlflow.start_run(
                 run_name=f"{settings.dataset.name}/trial-{trial.trial_id}",
                 nested=True,
+                parent_run_id=parent_run_id,
                 tags={
                     "task": settings.dataset.name,
                     "stage": "tune_trial",
                     "trial_id": trial.trial_id,
+                    "worker": self.tuner_id,
                 },
             )
             mlflow.log_params({**values, **hyperband})
 
         def on_trial_end(self, trial: Any) -> None:
             super().on_trial_end(trial)  # the oracle scores the trial here
-            if trial.status == "COMPLETED" and trial.score is not None:
-                scores = {"score": trial.score}
+            # A worker's oracle is the chief's: only its copy of the trial is scored.
+            scored = self.oracle.get_trial(trial.trial_id)
+            if scored.status == "COMPLETED" and scored.score is not None:
+                scores = {"score": scored.score}
                 if settings.tuner.early_stopping_patience is not None:  # else the last epoch
-                    scores["best_step"] = trial.best_step
+                    scores["best_step"] = scored.best_step
                 mlflow.log_metrics(scores)
                 mlflow.end_run()
             else:
@@ -165,7 +175,17 @@ def make_tuner(
     }
     base, options = algorithms[tuner_cfg.algorithm]
     tuner_class = type(f"Tracked{base.__name__}", (TrialRuns, base), {}) if track else base
-    return tuner_class(
+    project = folder / "keras_tuner"
+    tuner_id = os.environ.get(distributed.TUNER_ID, "tuner0")  # as Keras Tuner names it
+    # Keras Tuner reloads its oracle only from the state file of the same tuner id: a chief
+    # resuming a search run by one process (or the other way round) would start afresh.
+    reload_oracle = (
+        resume
+        and distributed.role(tuner_cfg.workers) != "worker"
+        and (project / "oracle.json").exists()
+        and not (project / f"{tuner_id}.json").exists()
+    )
+    tuner = tuner_class(
         hypermodel=SearchModel(),
         objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
         seed=tuner_cfg.seed,
@@ -174,6 +194,9 @@ def make_tuner(
         overwrite=not resume,
         **options,
     )
+    if reload_oracle:
+        tuner.oracle.reload()
+    return tuner
 
 
 def search(
@@ -184,12 +207,14 @@ def search(
     folder: Path,
     resume: bool,
     track: bool = True,
+    parent_run_id: str | None = None,
 ) -> Any:
-    """Run (or resume) the search on the budgeted training data; returns the tuner."""
+    """Run (or resume) the search on the budgeted training data; returns the tuner. In a
+    worker, run trials until the chief's oracle has none left."""
     import keras
     import keras_tuner as kt
 
-    tuner = make_tuner(settings, cfg, params, data, folder, resume, track)
+    tuner = make_tuner(settings, cfg, params, data, folder, resume, track, parent_run_id)
     callbacks = [tracking.keras_callback(model_summary=False)] if track else []
     if settings.tuner.early_stopping_patience is not None:
         callbacks.append(
@@ -260,6 +285,7 @@ def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
         return node
 
     searched = {key: value_at(key) for key in SEARCH_READS}
+    searched["tuner"].pop("workers", None)  # how many run the trials changes none of them
     parts: dict[str, Any] = {
         "config": hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest(),
         "data": sha256_of(split_file),
@@ -271,6 +297,16 @@ def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
 
 def code_digest(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity["code"], sort_keys=True).encode()).hexdigest()
+
+
+def identity_tags(identity: dict[str, Any]) -> dict[str, str]:
+    """A search run's identity tags: what its workers compare theirs with."""
+    return {
+        "search_identity": identity["digest"],
+        "search_identity.config": identity["config"],
+        "search_identity.data": identity["data"],
+        "search_identity.code": code_digest(identity),
+    }
 
 
 def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
@@ -363,6 +399,16 @@ def main(cfg: DictConfig) -> None:
     if not models.is_keras(settings.model):
         raise ConfigError("tune searches Keras models; model.family=sklearn_logreg has no search")
     search_space.check(params, cfg)
+    part = distributed.role(settings.tuner.workers)
+    # Bound before any work: a port in use stops the search with one line.
+    server = {
+        "single": lambda: None,
+        "worker": lambda: None,
+        "local": lambda: distributed.OracleServer(distributed.LOOPBACK, 0),
+        "chief": lambda: distributed.OracleServer(
+            os.environ[distributed.ORACLE_IP], int(os.environ[distributed.ORACLE_PORT])
+        ),
+    }[part]()
 
     task = settings.dataset.name
     split_file = settings.paths.read.split_file(task)
@@ -374,6 +420,9 @@ def main(cfg: DictConfig) -> None:
         "figures": reports / "figures",
     }
     identity = search_identity(cfg, split_file)
+    if part == "worker":
+        work(settings, cfg, params, identity, folder)
+        return
     state = read_state(folder)
     same_search = state.get("identity", {}).get("digest") == identity["digest"]
     if same_search and state.get("finished") and restore_outputs(folder / KEPT_FOLDER, outputs):
@@ -394,16 +443,19 @@ def main(cfg: DictConfig) -> None:
         folder.mkdir(parents=True)
 
     data = load_split(split_file)
-    tracking.use_experiment(task, settings.tracking.uri)
+    tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
     tags = {
         "task": task,
         "variant": "search",
-        "search_identity": identity["digest"],
-        "search_identity.config": identity["config"],
-        "search_identity.code": code_digest(identity),
+        **identity_tags(identity),
         **tracking.context_tags("tune", {"split": split_file}),
     }
-    with tracking.run(f"{task}/search", tags, run_id=previous_run if resume else None) as parent:
+    # Started now, their imports overlap the chief's own set-up; they wait for the oracle.
+    workers = settings.tuner.workers if part == "local" else 0
+    with (
+        distributed.LocalWorkers(workers, server.port if server else 0, folder) as local,
+        tracking.run(f"{task}/search", tags, run_id=previous_run if resume else None) as parent,
+    ):
         parent_id = parent.info.run_id
         if resume:
             log.info("resuming the search of run %s from %s", parent_id, folder)
@@ -424,7 +476,11 @@ def main(cfg: DictConfig) -> None:
             tracking.log_split(parent_id, split_file, data)
 
         try:
-            tuner = search(settings, cfg, params, data, folder, resume=resume)
+            if server is None:
+                tuner = search(settings, cfg, params, data, folder, resume=resume)
+            else:
+                tuner = make_tuner(settings, cfg, params, data, folder, resume)
+                distributed.serve(tuner, server, local, parent_id)
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 
@@ -470,6 +526,33 @@ def main(cfg: DictConfig) -> None:
     # Only once its run has ended FINISHED: a search killed before that resumes instead.
     write_json(folder / STATE_FILE, {**state, "finished": True})
     log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
+
+
+def work(
+    settings: config.Config,
+    cfg: DictConfig,
+    params: list,
+    identity: dict[str, Any],
+    folder: Path,
+) -> None:
+    """A worker: run the chief's trials into its search run; the chief writes the outputs."""
+    distributed.watch_chief()
+    tracking.use_experiment(
+        settings.dataset.name, settings.tracking.uri, settings.tracking.experiment_prefix
+    )
+    parent_id = distributed.search_run(identity_tags(identity), folder / STATE_FILE)
+    data = load_split(settings.paths.read.split_file(settings.dataset.name))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # resume: never wipe the folder, which a chief on this machine shares.
+        search(settings, cfg, params, data, folder, resume=True, parent_run_id=parent_id)
+    except KeyboardInterrupt:  # stopped by its chief (SIGTERM) or Ctrl-C
+        while mlflow.active_run() is not None:
+            mlflow.set_tag("failure_reason", "interrupted: the worker was stopped")
+            mlflow.end_run("KILLED")
+        raise
+    except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
+        raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 
 
 if __name__ == "__main__":

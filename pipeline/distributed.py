@@ -1,0 +1,374 @@
+"""One search on several processes: Keras Tuner's distributed mode, a chief and its workers.
+
+The chief serves the search's oracle (which trial comes next, the scores so far) over gRPC and
+runs no trials; each worker asks it for a trial, trains it, logs it as a nested MLflow run under
+the chief's search run and reports the score back. Keras Tuner picks a process's part from the
+environment: KERASTUNER_TUNER_ID ("chief", or a worker's own id such as "tuner0"),
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT. `tuner.workers=N` with none of them set starts
+the chief in this process and N workers as its subprocesses, on a free loopback port.
+
+The chief here is not Keras Tuner's own serving loop (`oracle_chief.start_server`): that one
+waits forever for a worker that died mid-trial (it never ends the trial) and can bind a port
+another chief holds (gRPC's SO_REUSEPORT). This one watches its workers, puts a dead worker's
+trial back for another to run, as a resumed search does, and refuses a port in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pipeline.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+TUNER_ID = "KERASTUNER_TUNER_ID"
+ORACLE_IP = "KERASTUNER_ORACLE_IP"
+ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
+SEARCH_RUN = "PIPELINE_SEARCH_RUN_ID"  # a worker's search run, set by a chief that starts it
+CHIEF_PID = "PIPELINE_CHIEF_PID"  # set by a chief for the workers it starts on this machine
+LOOPBACK = "127.0.0.1"
+POLL_S = 0.5
+STOP_GRACE_S = 20.0  # how long workers told to stop get to end their trial runs KILLED
+WORKER_LOGS = "workers"  # in the search folder: each local worker's output
+# Identity tags a worker compares with its chief's search run, and what each part is.
+IDENTITY_PARTS = {
+    "search_identity.config": "config",
+    "search_identity.data": "data",
+    "search_identity.code": "code",
+}
+
+
+def role(workers: int) -> str:
+    """This process's part: "single" (no distribution), "local" (a chief starting `workers`
+    workers here), "chief" (a chief for workers started elsewhere) or "worker"."""
+    named = [name for name in (TUNER_ID, ORACLE_IP, ORACLE_PORT) if os.environ.get(name)]
+    if named:
+        missing = sorted({TUNER_ID, ORACLE_IP, ORACLE_PORT} - set(named))
+        if missing:
+            raise ConfigError(
+                f"distributed search: {', '.join(named)} set but not {', '.join(missing)}"
+            )
+        # Keras Tuner's own test (distribute/utils.py: is_chief_oracle).
+        return "chief" if "chief" in os.environ[TUNER_ID] else "worker"
+    return "local" if workers > 1 else "single"
+
+
+class OracleServer:
+    """The oracle's gRPC server, bound at once (a port in use stops the search before any
+    work), serving once `start` gives it the oracle."""
+
+    def __init__(self, ip: str, port: int) -> None:
+        import grpc
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+        # Threads: a worker waiting on the oracle lock must not hold up the others' calls.
+        # so_reuseport off: with it, a second chief binds the same port and workers split
+        # between two oracles.
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)]
+        )
+        self.servicer = OracleServicer(None)
+        protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
+        address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise ConfigError(
+                f"the oracle cannot listen on {address}: the port is in use (another search's "
+                f"chief?) or the address is not this machine's; set {ORACLE_PORT} to a free port"
+            )
+
+    def start(self, oracle: Any) -> None:
+        self.servicer.oracle = oracle
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=2).wait()
+
+
+def _synchronized(function: Any) -> Any:
+    import keras_tuner as kt
+
+    return kt.synchronized(function)
+
+
+@_synchronized
+def abandon_trial(oracle: Any, tuner_id: str) -> str | None:
+    """Forget worker `tuner_id`; its unfinished trial, if any, goes back to be run again, as
+    Oracle.reload does with the trials a killed search cut short. Returns that trial's id."""
+    oracle.tuner_ids.discard(tuner_id)
+    trial = oracle.ongoing_trials.pop(tuner_id, None)
+    if trial is None:
+        return None
+    oracle._retry_queue.append(trial.trial_id)
+    oracle.save()
+    return trial.trial_id
+
+
+@_synchronized
+def trials_pending(oracle: Any) -> bool:
+    return bool(oracle._retry_queue or oracle.ongoing_trials)
+
+
+@_synchronized
+def all_done(oracle: Any) -> bool:
+    """Keras Tuner's own end of a search (oracle_chief.exit_chief), for workers this chief does
+    not watch: some worker was told to stop, and no trial or worker is left."""
+    return not oracle.ongoing_trials and not oracle.tuner_ids and not oracle._retry_queue
+
+
+def end_worker_runs(parent_run_id: str, tuner_id: str, reason: str) -> None:
+    """End the trial runs a dead worker left RUNNING as KILLED."""
+    client = mlflow.MlflowClient()
+    stale = mlflow.search_runs(
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.worker = '{tuner_id}' "
+            "and attributes.status = 'RUNNING'"
+        )
+    )
+    for run_id in stale.get("run_id", []):
+        client.set_tag(run_id, "failure_reason", reason)
+        client.set_terminated(run_id, "KILLED")
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+def last_error(log_file: Path) -> str:
+    """The worker's own one-line error (the stage's `error: ...`), if it wrote one."""
+    with contextlib.suppress(OSError):
+        for line in reversed(log_file.read_text(errors="replace").splitlines()):
+            if line.startswith("error: "):
+                return line.removeprefix("error: ")
+    return f"see {log_file}"
+
+
+class LocalWorkers:
+    """Workers started by this chief on this machine: subprocesses of the same stage command
+    (its Hydra overrides, into the same job folder) with the Keras Tuner variables set; they
+    read the search run from the search folder's state once the oracle answers. Stopped when
+    the block ends, however it ends. None started for a `count` of 0."""
+
+    def __init__(self, count: int, port: int, folder: Path) -> None:
+        self.running: dict[str, subprocess.Popen] = {}
+        self.count = count
+        if not count:
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+        self.command = [
+            sys.executable,
+            "-m",
+            "pipeline.tune",
+            *hydra.overrides.task,
+            # The chief's job folder, so that a run by hand or a sweep job shares its paths.
+            f"hydra.run.dir={Path(hydra.runtime.output_dir).resolve()}",
+        ]
+        self.env = {
+            **os.environ,
+            ORACLE_IP: LOOPBACK,
+            ORACLE_PORT: str(port),
+            CHIEF_PID: str(os.getpid()),
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        }
+        self.logs = folder / WORKER_LOGS
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.parent_run_id = ""  # known once the chief's run is
+        self.started = 0
+        self.replaced_allowed = count  # replacements for workers killed from outside
+        self.failures: list[str] = []
+        self.stopped = 0  # workers the oracle told to stop: it had no trial left for them
+        for _ in range(count):
+            self.start_one()
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start_one(self) -> None:
+        tuner_id = f"tuner{self.started}"
+        self.started += 1
+        with open(self.logs / f"{tuner_id}.log", "w") as out:
+            self.running[tuner_id] = subprocess.Popen(
+                self.command,
+                env={**self.env, TUNER_ID: tuner_id},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        log.info("started worker %s (pid %d)", tuner_id, self.running[tuner_id].pid)
+
+    def check(self, oracle: Any) -> bool:
+        """Reap the workers that ended; True once the search is over. A worker that died has
+        its trial put back and its trial run ended KILLED; if no worker is left to run what is
+        left, a new one is started for one killed from outside, else the search stops."""
+        for tuner_id, process in list(self.running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del self.running[tuner_id]
+            if code == 0:
+                self.stopped += 1
+                continue
+            why = exit_reason(code)
+            trial_id = abandon_trial(oracle, tuner_id)
+            end_worker_runs(self.parent_run_id, tuner_id, f"worker {tuner_id} died ({why})")
+            if code > 0:
+                self.failures.append(
+                    f"worker {tuner_id} failed: {last_error(self.logs / f'{tuner_id}.log')}"
+                )
+            cut = f"; trial {trial_id} goes to another worker" if trial_id else ""
+            log.warning("worker %s died (%s)%s", tuner_id, why, cut)
+        if self.running:
+            return False
+        if not trials_pending(oracle) and self.stopped:
+            return True
+        if self.failures:
+            raise TrainingError(self.failures[0])
+        # Killed from outside (an OOM kill, by hand) after the others had stopped: its trial
+        # still needs a worker. Bounded, lest a trial that kills its worker be retried forever.
+        if self.replaced_allowed > 0:
+            self.replaced_allowed -= 1
+            self.start_one()
+            return False
+        raise TrainingError("every worker died with trials left; run the search again to resume")
+
+    def stop(self) -> None:
+        """Stop the workers still running: SIGTERM ends their trial runs KILLED."""
+        for process in self.running.values():
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in self.running.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def serve(tuner: Any, server: OracleServer, local: LocalWorkers, parent_run_id: str) -> None:
+    """Serve `tuner`'s oracle until the search is over: to the `local` workers, watched; with
+    none, to workers started elsewhere (Keras Tuner's own end: all told to stop)."""
+    tuner.save()  # what a restarted chief reloads, as Keras Tuner's chief does first
+    local.parent_run_id = parent_run_id
+    server.start(tuner.oracle)
+    if not local.count:
+        log.info(
+            "oracle listening on port %d; start workers with %s=tuner0, tuner1, ..., %s=<this "
+            "machine's address>, %s=%d",
+            server.port, TUNER_ID, ORACLE_IP, ORACLE_PORT, server.port,
+        )  # fmt: skip
+    try:
+        while True:
+            time.sleep(POLL_S)
+            if local.count:
+                if local.check(tuner.oracle):
+                    break
+            elif server.servicer.stop_triggered and all_done(tuner.oracle):
+                break
+    finally:
+        local.stop()
+        server.stop()
+
+
+def watch_chief() -> None:
+    """In a worker started by a chief on this machine: die with it. A worker whose chief is
+    gone would otherwise wait up to an hour on the oracle (Keras Tuner's gRPC timeout)."""
+    chief = os.environ.get(CHIEF_PID)
+    if not chief or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(chief):  # it died before the line above
+        raise TrainingError("the chief of this worker has already exited")
+
+
+def wait_for_oracle() -> None:
+    """Block until the chief's oracle answers: it serves only once its search run exists."""
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_client import TIMEOUT
+
+    address = f"{os.environ[ORACLE_IP]}:{os.environ[ORACLE_PORT]}"
+    # gRPC's reconnection backoff grows to 2 minutes; a local worker waits from before the
+    # chief serves, and would then keep on waiting well after it does.
+    backoff = [(f"grpc.{kind}_reconnect_backoff_ms", 250) for kind in ("initial", "min")]
+    options = [*backoff, ("grpc.max_reconnect_backoff_ms", 1000)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        stub = protos.get_service_grpc().OracleStub(channel)
+        try:
+            request = protos.get_service().GetSpaceRequest()
+            stub.GetSpace(request, wait_for_ready=True, timeout=TIMEOUT)
+        except grpc.RpcError as error:
+            raise TrainingError(f"no oracle answered at {address}: {error.code().name}") from None
+
+
+def search_run(identity_tags: dict[str, str], state_file: Path) -> str:
+    """The chief's search run this worker logs its trials under: the one named in
+    PIPELINE_SEARCH_RUN_ID, else for a chief on this machine the one in its search folder's
+    state, else the running search run of this worker's identity. A worker whose config, data
+    or code differ from its chief's would score other trials than the chief's: refused."""
+    client = mlflow.MlflowClient()
+    named = os.environ.get(SEARCH_RUN)
+    if not named and os.environ.get(CHIEF_PID):
+        wait_for_oracle()  # it serves once the state names its run
+        named = json.loads(state_file.read_text())["parent_run_id"]
+    if named:
+        try:
+            runs = [client.get_run(named)]
+        except mlflow.exceptions.MlflowException:
+            raise ConfigError(
+                f"{SEARCH_RUN}={named}: no such run in {mlflow.get_tracking_uri()}"
+            ) from None
+    else:
+        wait_for_oracle()
+        digest = identity_tags["search_identity"]
+        runs = mlflow.search_runs(
+            filter_string=f"tags.search_identity = '{digest}' and attributes.status = 'RUNNING'",
+            order_by=["start_time DESC"],
+            output_format="list",
+        ) or mlflow.search_runs(
+            filter_string="tags.variant = 'search' and attributes.status = 'RUNNING'",
+            order_by=["start_time DESC"],
+            output_format="list",
+        )
+        if not runs:
+            raise ConfigError(
+                f"no search is running in {mlflow.get_tracking_uri()}: start the chief first, "
+                "with the same tracking URI"
+            )
+    run = runs[0]
+    theirs = run.data.tags
+    if theirs.get("search_identity") != identity_tags["search_identity"]:
+        differ = [
+            part for tag, part in IDENTITY_PARTS.items() if theirs.get(tag) != identity_tags[tag]
+        ]
+        raise ConfigError(
+            f"this worker's search differs from its chief's (run {run.info.run_id}) in its "
+            f"{', '.join(differ) or 'identity'}: start workers with the chief's config, data "
+            "and code"
+        )
+    return run.info.run_id

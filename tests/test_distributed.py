@@ -1,0 +1,156 @@
+"""One search on several workers (tuner.workers, Keras Tuner's distributed mode): real chief and
+worker processes on loopback, a worker killed mid-trial, and set-ups refused in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import all_runs, mlflow_client, stage_env
+from test_tune import runs_by_stage
+
+DISTRIBUTED = (
+    "experiment=circles/tuned",
+    "tuner=random",
+    "tuner.max_trials=4",
+    "tuner.max_epochs=2",
+    "tuner.cv_folds=null",
+    "tuner.workers=2",
+)
+# Long enough trials (no early stopping) that a kill lands inside one.
+SLOW = (
+    *DISTRIBUTED[:2],
+    "tuner.max_trials=3",
+    "tuner.max_epochs=30",
+    "tuner.early_stopping_patience=null",
+    "tuner.cv_folds=null",
+)
+
+
+def worker_pids(chief: int) -> dict[str, int]:
+    """The chief's worker processes by tuner id, read from /proc."""
+    children = Path(f"/proc/{chief}/task/{chief}/children").read_text().split()
+    pids = {}
+    for pid in children:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # already gone
+            continue
+        for entry in environ:
+            if entry.startswith(b"KERASTUNER_TUNER_ID="):
+                pids[entry.split(b"=", 1)[1].decode()] = int(pid)
+    return pids
+
+
+@pytest.mark.slow
+def test_two_workers_run_every_trial_once_under_one_search_run(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    run_stage("tune", *DISTRIBUTED)
+
+    parent, trials = runs_by_stage(project)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials"] == 4
+    assert [r.data.tags["trial_id"] for r in trials] == ["0", "1", "2", "3"]  # none twice
+    assert {r.data.tags["worker"] for r in trials} == {"tuner0", "tuner1"}
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert all("score" in r.data.metrics for r in trials)
+    best = (project / "models/circles/best_hparams.yaml").read_text()
+    assert f"search run {parent.info.run_id}" in best
+    # A worker's count is not part of the search: run again on one, it is the finished search.
+    again = run_stage("tune", *DISTRIBUTED[:-1])
+    assert f"already finished (MLflow run {parent.info.run_id})" in again.stdout
+
+    # A worker started by hand with another config than its chief's.
+    result = run_stage(
+        "tune",
+        *DISTRIBUTED,
+        "search_space.model.dropout.max=0.2",
+        check=False,
+        KERASTUNER_TUNER_ID="tuner7",
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT="1",
+        PIPELINE_SEARCH_RUN_ID=parent.info.run_id,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: this worker's search differs from its chief's (run {parent.info.run_id}) in its"
+        " config: start workers with the chief's config, data and code"
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_leaves_it_killed_and_the_others_finish_the_search(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    chief = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.tune", *SLOW, "tuner.workers=2", "hydra.run.dir=."],
+        cwd=project,
+        env=stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = mlflow_client(project)
+    deadline = time.monotonic() + 300
+    while not any(  # tuner1 inside its first trial
+        r.data.tags.get("worker") == "tuner1" and r.info.status == "RUNNING"
+        for r in (all_runs(client) if (project / "mlflow.db").exists() else [])
+    ):
+        assert chief.poll() is None, chief.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, "worker tuner1 never started a trial"
+        time.sleep(0.3)
+    pids = worker_pids(chief.pid)
+    os.kill(pids["tuner1"], signal.SIGKILL)
+    output, _ = chief.communicate(timeout=300)
+    assert chief.returncode == 0, output[-4000:]
+
+    parent, runs = runs_by_stage(project)
+    assert parent.info.status == "FINISHED"
+    statuses = [r.info.status for r in runs]
+    assert "RUNNING" not in statuses
+    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["worker"] == "tuner1"
+    assert killed.data.tags["failure_reason"] == "worker tuner1 died (killed by SIGKILL)"
+    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+    assert finished == ["0", "1", "2"]  # the killed trial run again, each once
+    assert parent.data.metrics["trials"] == 3
+    assert (project / "models/circles/best_hparams.yaml").exists()
+
+
+def test_an_oracle_port_in_use_stops_the_chief_in_one_line(run_stage, project: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_stage(
+            "tune",
+            *DISTRIBUTED,
+            check=False,
+            KERASTUNER_TUNER_ID="chief",
+            KERASTUNER_ORACLE_IP="127.0.0.1",
+            KERASTUNER_ORACLE_PORT=str(port),
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the oracle cannot listen on 127.0.0.1:{port}: the port is in use (another "
+        "search's chief?) or the address is not this machine's; set KERASTUNER_ORACLE_PORT to "
+        "a free port"
+    )
+    assert not (project / "mlflow.db").exists()  # before any work
+
+
+def test_half_a_distributed_set_up_is_refused_in_one_line(run_stage) -> None:
+    result = run_stage("tune", *DISTRIBUTED, check=False, KERASTUNER_TUNER_ID="tuner0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: distributed search: KERASTUNER_TUNER_ID set but not KERASTUNER_ORACLE_IP, "
+        "KERASTUNER_ORACLE_PORT"
+    )
