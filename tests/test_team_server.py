@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ROOT, stage_env
+from conftest import ROOT, stage_env, wait_until_answering
 from mlflow import MlflowClient
 
 from pipeline import team_server
@@ -27,7 +26,6 @@ from pipeline.team_server import free_port
 
 START_TIMEOUT_S = 120
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # nothing here may leave loopback
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -41,19 +39,16 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.team_server", *args]
 
 
-def _wait_until_healthy(process: subprocess.Popen, uri: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"team server exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            with _opener.open(uri + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"team server not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+def _refused(*args: str) -> subprocess.CompletedProcess:
+    """The team server started with `args` on a free port, expected to stop at once."""
+    return subprocess.run(
+        _command(*args, "--port", str(free_port())),
+        cwd=ROOT,
+        env={**stage_env(), **NO_TELEMETRY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -77,7 +72,7 @@ def team(tmp_path: Path) -> Iterator[TeamServer]:
             start_new_session=True,
         )
     try:
-        _wait_until_healthy(process, uri, log)
+        wait_until_answering(process, uri + "/health", log, START_TIMEOUT_S)
         yield TeamServer(uri, data, log)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()[-4000:]
@@ -172,14 +167,7 @@ def test_a_stage_fails_at_once_with_one_line_when_the_tracking_server_is_down(
 
 def test_the_team_server_stops_with_one_line_when_its_database_is_unreachable() -> None:
     store = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
-    result = subprocess.run(
-        _command("--backend-store-uri", store, "--port", str(free_port())),
-        cwd=ROOT,
-        env={**stage_env(), **NO_TELEMETRY},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _refused("--backend-store-uri", store)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot reach the database {team_server.masked(store)}: ")
@@ -202,14 +190,7 @@ def test_a_bad_prefix_is_one_line_naming_it(run_stage) -> None:
 def test_as_root_a_data_folder_that_nobody_can_reach_is_one_line(tmp_path: Path) -> None:
     hidden = tmp_path / "private"
     hidden.mkdir(mode=0o700)
-    result = subprocess.run(
-        _command("--data", str(hidden / "data"), "--port", str(free_port())),
-        cwd=ROOT,
-        env={**stage_env(), **NO_TELEMETRY},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _refused("--data", str(hidden / "data"))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: --data {hidden / 'data'}: PostgreSQL runs as user nobody")
