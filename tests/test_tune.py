@@ -81,7 +81,7 @@ def run_and_kill(project: Path, overrides: tuple[str, ...], kill: signal.Signals
     assert search.poll() is None, "the search ended before it could be interrupted"
     time.sleep(1)
     search.send_signal(kill)
-    search.wait(timeout=60)
+    search.wait(timeout=180)  # a loaded 2-core machine is slow to wind a search down
 
 
 # Long trials (no early stopping) so that a kill lands inside the second one.
