@@ -73,6 +73,9 @@ def run_and_kill(project: Path, overrides: tuple[str, ...], kill: signal.Signals
         env=stage_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A test run started in the background of a non-interactive shell inherits SIGINT
+        # ignored, and Python then installs no Ctrl-C handler: the search would never see it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     second_trial = project / "models/circles/search/keras_tuner/trial_1"
     deadline = time.monotonic() + 300
