@@ -72,9 +72,11 @@ def read_inputs(paths: list[Path], shape: tuple[int, ...]) -> Inputs:
                 + (" (one row per point)" if len(shape) == 1 else "")
             )
         parts.append(array.astype(np.float32))
-        names += [str(path)] if len(array) == 1 and suffix != ".csv" else [
-            f"{path}:{row + 1}" for row in range(len(array))
-        ]
+        names += (
+            [str(path)]
+            if len(array) == 1 and suffix != ".csv"
+            else [f"{path}:{row + 1}" for row in range(len(array))]
+        )
     return Inputs(names, np.concatenate(parts))
 
 
