@@ -14,7 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import config
+from pipeline import backend, config
 from pipeline.errors import PipelineError
 
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
@@ -54,6 +54,8 @@ def stage(
         def hydra_main(cfg: DictConfig) -> None:
             signal.signal(signal.SIGTERM, _interrupt)
             try:
+                if "backend" in cfg:
+                    backend.use(cfg.backend)
                 run(cfg)
             except PipelineError as error:
                 # Reported here, not raised, so one failed job of a -m sweep (a diverging

@@ -68,6 +68,13 @@ class Optimizer(Enum):
     adagrad = "adagrad"
 
 
+class Backend(Enum):
+    # Keras 3's backends; conf/config.yaml takes $KERAS_BACKEND, else tensorflow.
+    tensorflow = "tensorflow"
+    jax = "jax"
+    torch = "torch"
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -409,6 +416,11 @@ class TrackingConfig:
     # Put before every MLflow experiment and registered-model name (tracking.experiment_name),
     # so that projects sharing one server keep apart: "acme-" gives "acme-mnist".
     experiment_prefix: str = ""
+    # MLflow system metrics (CPU, memory; GPU where pynvml finds one), sampled every
+    # `system_metrics_interval` seconds: on train runs, and on each search trial's run.
+    system_metrics: bool = True
+    trial_system_metrics: bool = False
+    system_metrics_interval: float = 2.0
 
     def __post_init__(self) -> None:
         # Characters every store and the model registry accept in names and in models:/ URIs.
@@ -417,10 +429,16 @@ class TrackingConfig:
             "tracking.experiment_prefix may hold only letters, digits, '.', '_' and '-', got "
             f"{self.experiment_prefix!r}",
         )
+        _check(
+            self.system_metrics_interval > 0,
+            "tracking.system_metrics_interval must be > 0 seconds, got "
+            f"{self.system_metrics_interval}",
+        )
 
 
 @dataclass
 class Config:
+    backend: Backend = Backend.tensorflow  # Keras' backend (pipeline.backend)
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -52,7 +52,7 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
     return accuracies
 
 
-@stage("config", reads=("dataset", "model", "train", "variant", "tracking", "paths"))
+@stage("config", reads=("backend", "dataset", "model", "train", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(training.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant

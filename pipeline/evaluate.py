@@ -47,7 +47,7 @@ def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
-@stage("config", reads=("dataset", "variant", "tracking", "paths"))
+@stage("config", reads=("backend", "dataset", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.entities import Metric, RunStatus, RunTag
 
+from pipeline import backend
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_of
 
@@ -152,14 +153,34 @@ def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "
     return experiment
 
 
+def system_metrics(every_seconds: float | None) -> bool:
+    """Whether the next run started records MLflow's system metrics: with `every_seconds`, it
+    does, sampled that often (MLflow's default, 10 s, misses most of a short run)."""
+    if every_seconds is None:
+        return False
+    mlflow.set_system_metrics_sampling_interval(every_seconds)
+    return True
+
+
 @contextmanager
-def run(name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run (a new one, or `run_id` resumed) that ends with the block's outcome.
+def run(
+    name: str,
+    tags: dict[str, str],
+    run_id: str | None = None,
+    system_metrics_every: float | None = None,
+) -> Iterator[Any]:
+    """An MLflow run (a new one, or `run_id` resumed) that ends with the block's outcome, with
+    system metrics sampled every `system_metrics_every` seconds if given.
 
     Only for the stage that owns the run (train, tune resuming its own search): resuming sets
     the run's status and end time anew. Other stages add to a run with `add_to_run`.
     """
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
+    active = mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else name,
+        tags=tags,
+        log_system_metrics=system_metrics(system_metrics_every),
+    )
     try:
         yield active
     except KeyboardInterrupt:
@@ -314,8 +335,9 @@ def keras_callback(model_summary: bool = True) -> Any:
 
 
 def context_tags(stage: str, data_files: dict[str, Path]) -> dict[str, str]:
-    """Where a run came from: code version, data versions, DVC experiment, Hydra sweep."""
-    tags = {"stage": stage, "git_commit": git_commit()}
+    """Where a run came from: code version, data versions, DVC experiment, Hydra sweep, and
+    Keras' backend and device."""
+    tags = {"stage": stage, "git_commit": git_commit(), **backend.tags()}
     for name, path in data_files.items():
         tags[f"data.{name}.sha256"] = sha256_of(path)
     if os.environ.get("DVC_EXP_NAME"):

@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import config, models, tracking, training
+from pipeline import backend, config, models, tracking, training
 from pipeline.cli import stage
 from pipeline.datasets import Split, load_split
 from pipeline.files import atomic_output, write_json
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def requirements(*imports: str) -> list[str]:
-    """Pinned pip requirements of the distributions installed for these import names (keras'
-    backend is `tensorflow` whether `tensorflow` or `tensorflow-cpu` provides it); pinned here
-    because letting MLflow infer them costs seconds of subprocess per run."""
+    """Pinned pip requirements of the distributions installed for these import names: Keras'
+    backend module `tensorflow` comes from `tensorflow` or `tensorflow-cpu`, whichever is
+    installed. Pinned here because letting MLflow infer them costs seconds of subprocess."""
     from importlib.metadata import packages_distributions, version
 
     provided = packages_distributions()
@@ -67,7 +67,7 @@ def log_model(net: Any, data: Split) -> None:
             flavor=SimpleNamespace(save_model=save_keras),
             flavor_name="mlflow.keras",
             model=net,
-            pip_requirements=requirements("keras", keras.backend.backend()),
+            pip_requirements=requirements("keras", *backend.MODULES[keras.backend.backend()]),
             **common,
         )
     else:
@@ -83,7 +83,7 @@ def log_model(net: Any, data: Split) -> None:
         )
 
 
-@stage("config", reads=("dataset", "model", "train", "variant", "tracking", "paths"))
+@stage("config", reads=("backend", "dataset", "model", "train", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     cfg = training.with_hparams(cfg)
     settings: config.Config = config.load(cfg)
@@ -99,7 +99,8 @@ def main(cfg: DictConfig) -> None:
         "model_family": settings.model.family.value,
         **tracking.context_tags("train", {"split": split_file}),
     }
-    with tracking.run(settings.run_name, tags) as active:
+    every = settings.tracking.system_metrics_interval if settings.tracking.system_metrics else None
+    with tracking.run(settings.run_name, tags, system_metrics_every=every) as active:
         tracking.log_split(active.info.run_id, split_file, data)
         mlflow.log_params(config.to_flat_dict(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
@@ -121,17 +122,17 @@ def main(cfg: DictConfig) -> None:
             "epochs_trained": int(fitted.history["epoch"].iloc[-1]),
             "train_seconds": round(fitted.seconds, 3),
         }
-        mlflow.log_metrics(
-            {key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")}
-        )
-        if settings.tracking.log_model:
-            log_model(fitted.net, data)
-
+        # Saved before anything else that can fail: a failed upload keeps the trained model.
         with atomic_output(out_dir) as tmp:
             tmp.mkdir()
             models.save(fitted.net, tmp)
             fitted.history.to_csv(tmp / "history.csv", index=False)
             write_json(tmp / "run.json", summary)
+        mlflow.log_metrics(
+            {key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")}
+        )
+        if settings.tracking.log_model:
+            log_model(fitted.net, data)
     log.info("%s: %s", out_dir, summary)
 
 

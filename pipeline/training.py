@@ -65,11 +65,13 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
     callbacks.append(models.nan_guard(TrainingError))
     batch_size = settings.train.batch_size
     start = time.perf_counter()
+    epochs = settings.train.epochs
+    validation = batches(data.x_val, data.y_val, batch_size)["x"] if len(data.y_val) else None
     result = net.fit(
-        batches(data.x_train, data.y_train, batch_size, shuffle_seed=settings.train.seed),
+        **batches(data.x_train, data.y_train, batch_size, settings.train.seed, epochs),
         # None where crossval keeps no validation slice: nothing in training reads one.
-        validation_data=batches(data.x_val, data.y_val, batch_size) if len(data.y_val) else None,
-        epochs=settings.train.epochs,
+        validation_data=validation,
+        epochs=epochs,
         shuffle=False,  # batches() shuffles; Keras would warn that it cannot
         callbacks=callbacks,
         verbose=2,

@@ -33,7 +33,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import config, datasets, distributed, models, plots, search_space, tracking
+from pipeline import backend, config, datasets, distributed, models, plots, search_space, tracking
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 # The config a search reads, all of which is part of its identity. Of `train`, only what every
 # trial trains with: not the final training's epochs, stopping or hyperparameters file.
 SEARCH_READS = (
-    "dataset", "model", "tuner", "search_space", "train.batch_size", "train.lr_schedule",
+    "backend", "dataset", "model", "tuner", "search_space",
+    "train.batch_size", "train.lr_schedule",
 )  # fmt: skip
 STATE_FILE = "state.json"  # in the search folder: the search's identity, MLflow run, progress
 KEPT_FOLDER = "outputs"  # in the search folder: copies of a finished search's outputs
@@ -78,6 +79,9 @@ def make_tuner(
 
     # The same input scaling as the final model's, fitted on the whole training part.
     inputs = models.inputs_of(data.x_train, settings.dataset.standardize)
+    backend_tags = backend.tags()
+    trial_metrics = settings.tracking.trial_system_metrics
+    trial_metrics_every = settings.tracking.system_metrics_interval if trial_metrics else None
 
     def trial_settings(hp: Any) -> config.Config:
         return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
@@ -99,9 +103,10 @@ def make_tuner(
             kwargs["callbacks"] = schedule + kwargs["callbacks"]
 
             def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
+                epochs = kwargs["epochs"] - kwargs.get("initial_epoch", 0)
                 return net.fit(
-                    batches(fit_x, fit_y, batch_size, shuffle_seed=seed),
-                    validation_data=batches(*held_out, batch_size),
+                    **batches(fit_x, fit_y, batch_size, seed, epochs),
+                    validation_data=batches(*held_out, batch_size)["x"],
                     shuffle=False,  # batches() shuffles
                     **kwargs,
                 )
@@ -141,7 +146,9 @@ def make_tuner(
                     "stage": "tune_trial",
                     "trial_id": trial.trial_id,
                     "worker": self.tuner_id,
+                    **backend_tags,
                 },
+                log_system_metrics=tracking.system_metrics(trial_metrics_every),
             )
             mlflow.log_params({**values, **hyperband})
 
