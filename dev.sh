@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick start's one entry point. Sets up .venv from requirements.lock on first use (and
-# again only when the lock changes), then:
+# again only when the lock changes; KERAS_BACKEND=jax|torch and PIPELINE_ACCELERATOR=cuda add
+# their own locks), then:
 #   ./dev.sh repro [dvc repro args]   run the pipeline (dvc repro)
 #   ./dev.sh test [pytest args]       run the test suite
 #   ./dev.sh team-server [options]    MLflow tracking server on PostgreSQL (--help; README)
@@ -10,21 +11,45 @@ cd "$(dirname "$0")"
 
 python=${PYTHON:-python3}
 venv=.venv
-stamp=$venv/.installed-lock
+command=${1:-}
+[ $# -gt 0 ] && shift
+
+# What to install: the default lock (TensorFlow on the CPU), plus the lock of the backend or
+# accelerator asked for. The tests also run the pipeline on JAX, so they install it too.
+locks=(requirements.lock)
+case "${PIPELINE_ACCELERATOR:-cpu}" in
+  cpu) ;;
+  cuda)
+    locks+=(requirements-cuda.lock)
+    export KERAS_BACKEND=${KERAS_BACKEND:-jax} ;;
+  *)
+    echo "error: PIPELINE_ACCELERATOR=$PIPELINE_ACCELERATOR: use cpu (the default) or cuda" >&2
+    exit 1 ;;
+esac
+case "${KERAS_BACKEND:-tensorflow}" in
+  tensorflow) ;;
+  jax | torch) locks+=("requirements-$KERAS_BACKEND.lock") ;;
+  *)
+    echo "error: KERAS_BACKEND=$KERAS_BACKEND: use tensorflow (the default), jax or torch" >&2
+    exit 1 ;;
+esac
+[ "$command" = test ] && locks+=(requirements-jax.lock)
 
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "error: $python is $("$python" --version 2>&1); Python 3.11+ is needed (set PYTHON=python3.11)" >&2; exit 1; }
   "$python" -m venv "$venv"
 fi
-if ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
-  echo "setting up $venv from requirements.lock (once)..." >&2
-  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+for lock in "${locks[@]}"; do
+  stamp=$venv/.installed-$lock  # each lock again only when it changes
+  cmp -s "$lock" "$stamp" 2>/dev/null && continue
+  echo "setting up $venv from $lock (once)..." >&2
   # (Some machines' pip config names index folders that do not exist; pip warns per package.)
-  "${pip[@]}" -r requirements.lock 2> >(grep -v "is neither a file nor a directory" >&2)
-  "${pip[@]}" --no-deps --no-build-isolation -e .
-  cp requirements.lock "$stamp"
-fi
+  "${pip[@]}" -r "$lock" 2> >(grep -v "is neither a file nor a directory" >&2)
+  [ "$lock" = requirements.lock ] && "${pip[@]}" --no-deps --no-build-isolation -e .
+  cp "$lock" "$stamp"
+done
 export PATH="$PWD/$venv/bin:$PATH"
 # MLflow would send usage telemetry (and wait on it at exit): nothing here reaches the internet.
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
@@ -36,8 +61,6 @@ if [ -n "${PIPELINE_DATA_MIRROR:-}" ]; then
   export PIPELINE_DATA_MIRROR
 fi
 
-command=${1:-}
-[ $# -gt 0 ] && shift
 case "$command" in
   repro)
     # dvc needs a git repository; a downloaded tarball (no .git) gets one.

@@ -260,17 +260,21 @@ def batches(
         def __init__(self) -> None:
             super().__init__()
             self.order = np.arange(len(x)) if orders is None else next(orders)
+            self.served = 0
 
         def __len__(self) -> int:
             return steps
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            self.served += 1
             rows = self.order[index * batch_size : (index + 1) * batch_size]
             return x[rows], y[rows]
 
         def on_epoch_end(self) -> None:
-            if orders is not None:
-                self.order = next(orders)
+            # Keras also calls this before the first epoch, after reading one batch to build
+            # the model: the order moves on only once an epoch's worth has been read.
+            if orders is not None and self.served >= steps:
+                self.order, self.served = next(orders), 0
 
     return {"x": Batches()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,12 @@ from conftest import all_runs, mlflow_client
 def test_train_and_evaluate_record_one_complete_mlflow_run(
     run_stage, circles_split: Path, project: Path
 ) -> None:
-    run_stage("train", "experiment=circles/baseline", "train.epochs=3")
+    run_stage(
+        "train",
+        "experiment=circles/baseline",
+        "train.epochs=3",
+        "tracking.system_metrics_interval=0.5",
+    )
     run_stage("evaluate", "experiment=circles/baseline")
 
     summary = json.loads((project / "models/circles/baseline/run.json").read_text())
@@ -31,6 +37,13 @@ def test_train_and_evaluate_record_one_complete_mlflow_run(
     assert tags["task"] == "circles" and tags["variant"] == "baseline"
     assert len(tags["data.split.sha256"]) == 64
     assert tags["git_commit"]
+    assert tags["keras.backend"] == "tensorflow" and tags["device"] == "CPU"
+    (tensorflow,) = importlib.metadata.packages_distributions()["tensorflow"]
+    assert tags["keras.backend.version"] == importlib.metadata.version(tensorflow)
+    # MLflow's system metrics, sampled every half second while the run was open.
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "evaluation"} <= artifacts
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
