@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -25,6 +27,10 @@ CONF_DIR = str(Path.cwd() / "conf")
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM (a killed DVC job, a CI time-out) unwinds like Ctrl-C, so open MLflow runs end KILLED.
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+class JobFailed(Exception):
+    """A -m job's PipelineError, already printed: it only tells the sweep that the job failed."""
 
 
 def one_line(error: BaseException) -> str:
@@ -58,9 +64,13 @@ def stage(
                     backend.use(cfg.backend)
                 run(cfg)
             except PipelineError as error:
-                # Reported here, not raised, so one failed job of a -m sweep (a diverging
-                # learning rate) does not cancel the jobs after it.
                 print(f"error: {error}", file=sys.stderr)
+                if HydraConfig.get().mode == RunMode.MULTIRUN:
+                    # A launcher may run the job in another process (joblib, SLURM): raised, the
+                    # failure travels back in the job's result, and Hydra raises it here once
+                    # the batch's other jobs have run (a list kept here would stay over there).
+                    raise JobFailed(str(error)) from None
+                # Not raised: Hydra would add a line of its own to a single run's error.
                 failures.append(str(error))
 
         @functools.wraps(run)
@@ -74,6 +84,8 @@ def stage(
                 if wants_traceback:
                     raise
                 print(f"error: {one_line(error)}", file=sys.stderr)
+                sys.exit(1)
+            except JobFailed:
                 sys.exit(1)
             if failures:
                 sys.exit(1)

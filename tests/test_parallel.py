@@ -65,6 +65,34 @@ def test_a_joblib_sweep_runs_jobs_side_by_side_each_in_its_own_folder_and_run(
     assert not (project / "models").exists()
 
 
+@pytest.mark.slow
+def test_a_failed_job_of_a_joblib_sweep_fails_the_sweep_after_the_others_ran(
+    run_stage: Callable[..., subprocess.CompletedProcess], circles_split: Path, project: Path
+) -> None:
+    # The failure happens in a loky worker, so only its result can tell the parent process.
+    result = run_stage(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "experiment=circles/baseline",
+        "train.epochs=2,-1",  # job 1 fails its config check, job 0 trains
+        "tracking.log_model=false",
+        by_hand=True,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.count("error: train.epochs must be > 0, got -1") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+    (run,) = all_runs(mlflow_client(project))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["hydra_job_num"] == "0"
+    summary = project / "multirun" / run.data.tags["hydra_sweep_id"] / "0"
+    summary /= "models/circles/baseline/run.json"
+    assert json.loads(summary.read_text())["run_id"] == run.info.run_id
+
+
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         ["dvc", *args], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=120
