@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -103,9 +104,16 @@ class OracleServer:
 
 
 def _synchronized(function: Any) -> Any:
-    import keras_tuner as kt
+    """Keras Tuner's lock on the oracle (kt.synchronized), imported at the first call: Keras
+    Tuner imports Keras, which must wait until the stage has set its backend."""
 
-    return kt.synchronized(function)
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        import keras_tuner as kt
+
+        return kt.synchronized(function)(*args, **kwargs)
+
+    return locked
 
 
 @_synchronized

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mlflow_client, stage_env
+from conftest import ROOT, mlflow_client, stage_env
 
 # Backends this environment has: tensorflow always; the tests' set-up installs JAX.
 BACKENDS = [
@@ -132,3 +132,17 @@ def test_logged_model_requirements_name_the_installed_backend_distribution(
     for requirement in requirements("keras", *backend.MODULES["tensorflow"]):
         name, version = requirement.split("==")
         assert importlib.metadata.version(name) == version
+
+
+def test_no_stage_imports_keras_before_its_backend_is_set() -> None:
+    """Keras takes its backend when first imported: a stage module that imports it at import
+    time would run on the default backend whatever the config's `backend` says."""
+    stages = sorted(path.stem for path in (ROOT / "pipeline").glob("*.py"))
+    script = (
+        "import importlib, sys\n"
+        f"for name in {stages!r}:\n"
+        "    importlib.import_module(f'pipeline.{name}')\n"
+        "    assert 'keras' not in sys.modules, name\n"
+        "print('none')\n"
+    )
+    on_backend("jax", "-c", script)

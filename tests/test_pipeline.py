@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import all_runs, mlflow_client, stage_env
+from mlflow import MlflowClient
+from mlflow.entities import Run
 from tiny_data import write_mnist_mirror, write_sign_digits_mirror
 
 TASK_RUNS = {
@@ -40,7 +42,9 @@ print(float(np.mean(pred == data.y_test)))
 """
 
 
-def raw_test_inputs(repo: Path, mirror: Path) -> list[tuple[str, list[str], list[str]]]:
+def raw_test_inputs(
+    repo: Path, mirror: Path, tasks: tuple[str, ...] = TASKS
+) -> list[tuple[str, list[str], list[str]]]:
     """Each task's test points as the source gives them, written to files for `predict`, with
     their labels: MNIST's test IDX files parsed afresh, the sign-digit photos (JPEG files) of
     the test parts, circles' points generated afresh. The split files only say which points
@@ -59,30 +63,49 @@ def raw_test_inputs(repo: Path, mirror: Path) -> list[tuple[str, list[str], list
         return [int(np.flatnonzero((flat == x.ravel()).all(axis=1))[0]) for x in x_test]
 
     inputs = []
-    images = np.frombuffer(
-        gzip.decompress((mirror / "mnist/t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8
-    )
-    labels = np.frombuffer(
-        gzip.decompress((mirror / "mnist/t10k-labels-idx1-ubyte.gz").read_bytes())[8:], np.uint8
-    )
-    np.save(repo / "mnist_test.npy", images.reshape(-1, 28, 28))
-    inputs.append(("mnist", ["mnist_test.npy"], [str(label) for label in labels]))
+    if "mnist" in tasks:
+        images = np.frombuffer(
+            gzip.decompress((mirror / "mnist/t10k-images-idx3-ubyte.gz").read_bytes())[16:],
+            np.uint8,
+        )
+        labels = np.frombuffer(
+            gzip.decompress((mirror / "mnist/t10k-labels-idx1-ubyte.gz").read_bytes())[8:],
+            np.uint8,
+        )
+        np.save(repo / "mnist_test.npy", images.reshape(-1, 28, 28))
+        inputs.append(("mnist", ["mnist_test.npy"], [str(label) for label in labels]))
 
     photos = sorted((mirror / "sign_language_digits/Dataset").glob("*/*.JPG"))
     size = int(
         re.search(r"image_size: (\d+)", (repo / "conf/source/sign_digits.yaml").read_text())[1]
     )
     pixels = np.stack([grayscale(photo.read_bytes(), size) for photo in photos])
-    for task in ("sign_digits", "sign_digits_01"):
+    for task in {"sign_digits", "sign_digits_01"} & set(tasks):
         x_test, truth = part(task)
         inputs.append((task, [str(photos[row]) for row in rows_in(pixels, x_test)], truth))
 
-    points, _ = make_circles(n_samples=100, shuffle=True, noise=0.05, random_state=100, factor=0.8)
-    x_test, truth = part("circles")
-    chosen = points.astype(np.float32)[rows_in(points.astype(np.float32), x_test)]
-    (repo / "circles_test.csv").write_text("".join(f"{x!r},{y!r}\n" for x, y in chosen.tolist()))
-    inputs.append(("circles", ["circles_test.csv"], truth))
+    if "circles" in tasks:
+        points, _ = make_circles(
+            n_samples=100, shuffle=True, noise=0.05, random_state=100, factor=0.8
+        )
+        x_test, truth = part("circles")
+        chosen = points.astype(np.float32)[rows_in(points.astype(np.float32), x_test)]
+        text = "".join(f"{x!r},{y!r}\n" for x, y in chosen.tolist())
+        (repo / "circles_test.csv").write_text(text)
+        inputs.append(("circles", ["circles_test.csv"], truth))
     return inputs
+
+
+def champion_on(
+    repo: Path, client: MlflowClient, task: str, files: list[str], labels: list[str]
+) -> tuple[float, Run]:
+    """The accuracy of `task`'s champion on raw input `files`, answered by `predict` in a new
+    process (on the default backend), and the champion's run."""
+    run = client.get_run(client.get_model_version_by_alias(task, "champion").run_id)
+    answers = shell(repo, sys.executable, "-m", "pipeline.predict", f"task={task}", *files)
+    predicted = [line.split("\t")[1] for line in answers.stdout.strip().splitlines()]
+    assert len(predicted) == len(labels), task
+    return float(np.mean(np.array(predicted) == np.array(labels))), run
 
 
 def edit(path: Path, pattern: str, replacement: str) -> None:
@@ -206,13 +229,9 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     # Each champion takes inputs as the source gives them, read afresh in a new process, and
     # scores on them what evaluate reported for the same points.
-    for task, files, labels in raw_test_inputs(repo, mirror):
-        version = client.get_model_version_by_alias(task, "champion")
-        reported = client.get_run(version.run_id).data.metrics["test_accuracy"]
-        answers = shell(repo, sys.executable, "-m", "pipeline.predict", f"task={task}", *files)
-        predicted = [line.split("\t")[1] for line in answers.stdout.strip().splitlines()]
-        assert len(predicted) == len(labels), task
-        assert np.mean(np.array(predicted) == np.array(labels)) == pytest.approx(reported), task
+    for inputs in raw_test_inputs(repo, mirror):
+        accuracy, champion = champion_on(repo, client, *inputs)
+        assert accuracy == pytest.approx(champion.data.metrics["test_accuracy"]), inputs[0]
 
     # The report run again registers no new version; each task's champion stays.
     versions = {task: len(client.search_model_versions(f"name = '{task}'")) for task in TASKS}
@@ -222,7 +241,15 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         assert int(client.get_model_version_by_alias(task, "champion").version) == 1
 
     # One data set's parameter reruns that data set's stages (and the report), nothing else.
+    # Its presets now also choose the JAX backend: every kind of stage but fetch runs on JAX.
     edit(repo / "conf/dataset/circles.yaml", r"seed: 0", "seed: 1")
+    for preset in (
+        "search/circles.yaml",
+        "experiment/circles/baseline.yaml",
+        "experiment/circles/tuned.yaml",
+    ):
+        with (repo / "conf" / preset).open("a") as text:
+            text.write("backend: jax\n")
     again = shell(repo, "dvc", "repro")
     assert stages_run(again.stdout) == {
         "split@circles",
@@ -234,6 +261,14 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         "crossval@circles",
         "report",
     }
+    on_jax = [r for r in all_runs(client) if r.data.tags.get("keras.backend") == "jax"]
+    assert {r.data.tags["stage"] for r in on_jax} == {"train", "tune", "tune_trial"}
+    assert {r.data.tags["task"] for r in on_jax} == {"circles"}
+    assert all(r.info.status == "FINISHED" for r in on_jax)
+    # Its champion, trained on JAX, answers in a TensorFlow process as evaluate scored it.
+    accuracy, champion = champion_on(repo, client, *raw_test_inputs(repo, mirror, ("circles",))[0])
+    assert champion.data.tags["keras.backend"] == "jax"
+    assert accuracy == pytest.approx(champion.data.metrics["test_accuracy"])
 
     # A base file reruns exactly the stages that read it: the CNN's is read by the searches
     # built on it and the trainings of models built on it, not by circles' or their evaluation.
