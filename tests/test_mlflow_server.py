@@ -146,6 +146,7 @@ def test_train_and_evaluate_log_one_complete_run_to_a_tracking_server(
         "tuner.max_trials=2",
         "tuner.max_epochs=2",
         "tuner.cv_folds=2",
+        "tuner.workers=1",  # workers against a server: tests/test_team_server.py
     )
     run_stage("tune", *search, **env)
 

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from conftest import ROOT, stage_env, wait_until_answering
 from mlflow import MlflowClient
+from test_distributed import DISTRIBUTED
 
 from pipeline import team_server
 from pipeline.team_server import free_port
@@ -133,6 +134,17 @@ def test_stages_log_to_the_postgresql_team_server_under_the_project_prefix(
             (run.info.run_id,),
         ).fetchone()
     assert (runs, steps) == (1, 2)
+
+    # A search on two workers against the same server: every trial once, nested under it.
+    run_stage("tune", *DISTRIBUTED, prefix, **env)
+    (search,) = client.search_runs([experiment.experiment_id], "tags.stage = 'tune'")
+    trials = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{search.info.run_id}'"
+    )
+    assert search.info.status == "FINISHED" and search.data.metrics["trials"] == 4
+    assert sorted(r.data.tags["trial_id"] for r in trials) == ["0", "1", "2", "3"]
+    assert {r.data.tags["worker"] for r in trials} == {"tuner0", "tuner1"}
+    assert {r.info.status for r in trials} == {"FINISHED"}
 
 
 def _postgres_port(log: Path) -> int:

@@ -17,6 +17,7 @@ from conftest import all_runs, mlflow_client, stage_env
 
 TINY_SEARCH = (
     "experiment=circles/tuned",
+    "tuner.workers=1",  # the preset runs 2: these tests are of a search in one process
     "tuner=random",
     "tuner.max_trials=3",
     "tuner.max_epochs=2",
@@ -88,7 +89,7 @@ def run_and_kill(project: Path, overrides: tuple[str, ...], kill: signal.Signals
 
 
 # Long trials (no early stopping) so that a kill lands inside the second one.
-SLOW_SEARCH = (*TINY_SEARCH[:3], "tuner.max_epochs=60", "tuner.early_stopping_patience=null")
+SLOW_SEARCH = (*TINY_SEARCH[:4], "tuner.max_epochs=60", "tuner.early_stopping_patience=null")
 
 
 def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_best(
@@ -132,7 +133,7 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
 def test_a_cross_validated_trial_scores_the_mean_of_its_folds_last_epochs(
     run_stage, circles_split: Path, project: Path
 ) -> None:
-    run_stage("tune", *TINY_SEARCH[:4], "tuner.max_trials=2", "tuner.cv_folds=3")
+    run_stage("tune", *TINY_SEARCH[:5], "tuner.max_trials=2", "tuner.cv_folds=3")
 
     client = mlflow_client(project)
     _, trials = runs_by_stage(project)
@@ -154,7 +155,7 @@ def test_a_trial_with_a_nan_loss_fails_and_the_search_goes_on(
         "model:\n  hidden_units: [16]\n  activation: relu\n"
         "  optimizer: {name: sgd, lr: {choice: [1.0e+30, 0.01]}}\n"
     )
-    run_stage("tune", *TINY_SEARCH[:5], "search_space=diverging")
+    run_stage("tune", *TINY_SEARCH[:6], "search_space=diverging")
 
     _, trials = runs_by_stage(project)
     status = {r.data.params["model.optimizer.lr"]: r.info.status for r in trials}
