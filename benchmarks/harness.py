@@ -55,3 +55,16 @@ def run(label: str, command: list[str], env: dict[str, str]) -> tuple[float, str
 
 def ratio(measured: float, bare: float) -> str:
     return f"{measured / bare:.2f}" if bare > 0 else "n/a"
+
+
+def scratch_store(scratch: Path, experiment: str, warm_up: tuple[str, ...], env: dict) -> str:
+    """Untimed: import `warm_up` once and make a throwaway SQLite store in `scratch` holding
+    `experiment`, with its artifacts there too. Returns the store's URI."""
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    artifacts = (scratch / "mlartifacts").as_uri()
+    run(
+        "set-up (imports, MLflow store)",
+        [PYTHON, "-c", SETUP_SCRIPT, uri, experiment, artifacts, *warm_up],
+        env,
+    )
+    return uri

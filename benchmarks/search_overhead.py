@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import PYTHON, ROOT, SETUP_SCRIPT, TARGET, quiet_env, ratio, run
+from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run, scratch_store
 
 EXPERIMENT = "search_overhead"  # the MLflow experiment, in the throwaway store only
 
@@ -209,13 +209,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="search_overhead_") as tmp:
         scratch = Path(tmp)
-        tracking_uri = f"sqlite:///{scratch / 'bench.db'}"
-        artifacts = (scratch / "mlartifacts").as_uri()
-        run(
-            "set-up (imports, MLflow store)",
-            [PYTHON, "-c", SETUP_SCRIPT, tracking_uri, EXPERIMENT, artifacts, *WARM_UP],
-            quiet_env(MLFLOW_TRACKING_URI=tracking_uri),
-        )
+        tracking_uri = scratch_store(scratch, EXPERIMENT, WARM_UP, quiet_env())
 
         bare: list[Timing] = []
         tracked: list[Timing] = []

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import PYTHON, ROOT, SETUP_SCRIPT, TARGET, quiet_env, ratio, run
+from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run, scratch_store
 
 DVC = str(Path(sys.executable).parent / "dvc")
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -211,13 +211,8 @@ def main() -> None:
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix="train_overhead_") as tmp:
             scratch = Path(tmp)
-            tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
-            artifacts = (scratch / "mlartifacts").as_uri()
-            run(
-                "set-up (imports, MLflow store)",
-                [PYTHON, "-c", SETUP_SCRIPT, tracking_uri, args.dataset, artifacts, *WARM_UP],
-                quiet_env(KERAS_BACKEND=backend),
-            )
+            env = quiet_env(KERAS_BACKEND=backend)
+            tracking_uri = scratch_store(scratch, args.dataset, WARM_UP, env)
             bare: list[Timing] = []
             pipeline: list[Timing] = []
             for i in range(args.repeats):

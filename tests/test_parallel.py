@@ -17,6 +17,14 @@ from conftest import all_runs, mlflow_client, stage_env
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 QUEUE_TIMEOUT_S = 240  # DVC's queue has reported hangs (iterative/dvc#10398): fail, never hang
 EXPERIMENTS = {"exp-a": "0.02", "exp-b": "0.05"}  # name -> model.optimizer.lr
+# A -m sweep of the train stage on circles, two jobs at a time in joblib's worker processes.
+JOBLIB_SWEEP = (
+    "train",
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "experiment=circles/baseline",
+)
 
 
 def overlapping(runs: list) -> bool:
@@ -31,11 +39,7 @@ def test_a_joblib_sweep_runs_jobs_side_by_side_each_in_its_own_folder_and_run(
 ) -> None:
     rates = ["0.001", "0.01", "0.1", "0.03"]
     result = run_stage(
-        "train",
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "experiment=circles/baseline",
+        *JOBLIB_SWEEP,
         f"model.optimizer.lr={','.join(rates)}",
         "train.epochs=2",
         "tracking.log_model=false",
@@ -71,11 +75,7 @@ def test_a_failed_job_of_a_joblib_sweep_fails_the_sweep_after_the_others_ran(
 ) -> None:
     # The failure happens in a loky worker, so only its result can tell the parent process.
     result = run_stage(
-        "train",
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "experiment=circles/baseline",
+        *JOBLIB_SWEEP,
         "train.epochs=2,-1",  # job 1 fails its config check, job 0 trains
         "tracking.log_model=false",
         by_hand=True,
