@@ -35,8 +35,9 @@ from pathlib import Path
 
 from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run, scratch_store
 
+from pipeline.backend import MODULES as BACKEND_MODULES
+
 DVC = str(Path(sys.executable).parent / "dvc")
-BACKENDS = ("tensorflow", "jax", "torch")
 
 # Mirrors pipeline.training.fit_keras minus its callbacks, MLflow and batching: Keras' own
 # shuffling of arrays. Validation runs every epoch in both, so the fit-only ratio shows the
@@ -186,7 +187,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", help="a task with conf/experiment/<it>/")
     parser.add_argument("--preset", default="baseline", help="conf/experiment/<dataset>/<it>")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each; medians reported")
-    installed = [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+    installed = [
+        name
+        for name, modules in BACKEND_MODULES.items()
+        if all(importlib.util.find_spec(module) is not None for module in modules)
+    ]
     parser.add_argument(
         "--backends", default=",".join(installed), help="comma-separated; default: installed"
     )

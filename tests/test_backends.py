@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, mlflow_client, stage_env
 
+from pipeline.backend import MODULES as BACKEND_MODULES
+
 # Backends this environment has: tensorflow always; the tests' set-up installs JAX.
 BACKENDS = [
     name
-    for name, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch"))
-    if importlib.util.find_spec(module) is not None
+    for name, modules in BACKEND_MODULES.items()
+    if all(importlib.util.find_spec(module) is not None for module in modules)
 ]
 
 # Trains a zero-initialised linear model with plain SGD on pipeline.datasets.batches and prints
