@@ -255,7 +255,16 @@ def log_split(
                 tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_PARTS[part])],
             )
         )
-    mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+    client = mlflow.MlflowClient()
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException as error:
+        # MLflow's store looks a dataset up, then inserts it if new: two jobs of a parallel
+        # sweep logging the same new dataset at once both insert, and one breaks the unique
+        # constraint (SQLite and PostgreSQL alike). Its second try finds the other's dataset.
+        if "unique constraint" not in str(error).lower():
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def content_digest(*arrays: np.ndarray) -> str:

@@ -196,3 +196,45 @@ def test_log_split_tells_parts_apart_by_their_whole_content(
     assert len({d.digest for d in datasets}) == 2
     with pytest.raises(ValueError, match="unknown part"):
         tracking.log_split(run_id, tmp_path / "task.npz", split(0), parts=("training",))
+
+
+def test_runs_logging_the_same_new_dataset_at_once_all_get_it(
+    store: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    """The jobs of a parallel sweep log the same split at the same moment. MLflow's store looks
+    a dataset up before inserting it, so all but one broke its unique constraint (17 of 60
+    threads here before the retry)."""
+    import threading
+
+    import numpy as np
+
+    from pipeline.datasets import Split
+
+    tracking.use_experiment("task")
+    errors: list[Exception] = []
+    for seed in range(5):  # a new dataset each time: only the first logging of one races
+        x = np.random.default_rng(seed).random((50, 2), dtype=np.float32)
+        y = np.zeros(50, "uint8")
+        data = Split(x, y, x[:10], y[:10], x[:10], y[:10], ["a", "b"])
+        run_ids = [
+            store.create_run(store.get_experiment_by_name("task").experiment_id).info.run_id
+            for _ in range(6)
+        ]
+        together = threading.Barrier(len(run_ids))
+
+        def log(run_id: str, data: Split = data, together: threading.Barrier = together) -> None:
+            together.wait()
+            try:
+                tracking.log_split(run_id, tmp_path / "task.npz", data)
+            except Exception as error:  # noqa: BLE001 - collected for the assertion
+                errors.append(error)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+        for run_id in run_ids:
+            inputs = store.get_run(run_id).inputs.dataset_inputs
+            assert sorted(i.dataset.name for i in inputs) == ["task-train", "task-val"]
