@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,13 +26,76 @@ from pipeline.errors import PipelineError
 CONF_DIR = str(Path.cwd() / "conf")
 
 
+STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as
+STOP_GRACE_S = 20.0  # how long the jobs of an interrupted sweep get to end their runs KILLED
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM (a killed DVC job, a CI time-out) unwinds like Ctrl-C, so open MLflow runs end KILLED.
+    """Ctrl-C or SIGTERM (a killed DVC job, a CI time-out): unwind as KeyboardInterrupt, so that
+    open MLflow runs end KILLED, once the jobs running in other processes have done the same."""
+    # A second signal (Ctrl-C again, a process group's SIGINT with our SIGTERM) would cut the
+    # unwinding short and leave runs RUNNING.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    stop_children()
+    _raise_interrupt(signum)
+
+
+_interrupted_by: list[int] = []  # the signal being acted on, once one came
+
+
+def _raise_interrupt(signum: int, *_: object) -> None:
+    _interrupted_by[:] = [signum]
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _unraisable(hook: Any) -> None:
+    """Raise again an interrupt that Python swallowed: one raised while a garbage-collection
+    callback or a __del__ ran (JAX's, TensorFlow's) is printed and dropped, and the training
+    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback."""
+    if isinstance(hook.exc_value, KeyboardInterrupt) and _interrupted_by:
+        signal.signal(signal.SIGALRM, functools.partial(_raise_interrupt, _interrupted_by[0]))
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+    sys.__unraisablehook__(hook)
+
+
+def stop_children() -> None:
+    """Pass SIGTERM on to this process's children and wait until they end. A launcher's workers
+    (joblib's) run a sweep's jobs: interrupted, the launcher would kill them outright (SIGKILL),
+    their runs left RUNNING. Children that ignore SIGTERM (joblib's resource tracker) are not
+    waited for."""
+    import psutil
+
+    children = psutil.Process().children()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    psutil.wait_procs([c for c in children if not _ignores_sigterm(c)], timeout=STOP_GRACE_S)
+
+
+def _ignores_sigterm(process: Any) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+def _in_launcher_worker() -> bool:
+    """Whether this job runs in a launcher's worker process, not in the stage's own."""
+    return os.environ.get(STAGE_PID, str(os.getpid())) != str(os.getpid())
 
 
 class JobFailed(Exception):
     """A -m job's PipelineError, already printed: it only tells the sweep that the job failed."""
+
+
+def _handle_interrupts() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _unraisable
+    # Not where SIGINT is ignored (a background job of a non-interactive shell): so it stays.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def one_line(error: BaseException) -> str:
@@ -58,11 +123,18 @@ def stage(
 
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
-            signal.signal(signal.SIGTERM, _interrupt)
+            _handle_interrupts()
             try:
                 if "backend" in cfg:
                     backend.use(cfg.backend)
                 run(cfg)
+            except KeyboardInterrupt:
+                if _in_launcher_worker():
+                    # Its runs have ended KILLED. Left alive, the worker would go on to the
+                    # next job, and the sweep's process would wait for it in vain.
+                    sys.stderr.flush()
+                    os._exit(128 + signal.SIGTERM)
+                raise
             except PipelineError as error:
                 print(f"error: {error}", file=sys.stderr)
                 if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -75,6 +147,8 @@ def stage(
 
         @functools.wraps(run)
         def main() -> None:
+            os.environ[STAGE_PID] = str(os.getpid())
+            _handle_interrupts()  # also while a launcher's workers run the jobs
             wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
             # Makes Hydra raise a config error instead of printing its own multi-line report.
             os.environ["HYDRA_FULL_ERROR"] = "1"

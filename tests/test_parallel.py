@@ -4,15 +4,20 @@ workers) starting together on a store that does not exist yet."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import all_runs, mlflow_client, stage_env
+from test_distributed import runs_so_far
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 QUEUE_TIMEOUT_S = 240  # DVC's queue has reported hangs (iterative/dvc#10398): fail, never hang
@@ -91,6 +96,49 @@ def test_a_failed_job_of_a_joblib_sweep_fails_the_sweep_after_the_others_ran(
     summary = project / "multirun" / run.data.tags["hydra_sweep_id"] / "0"
     summary /= "models/circles/baseline/run.json"
     assert json.loads(summary.read_text())["run_id"] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_ends_each_jobs_run_killed(
+    circles_split: Path, project: Path
+) -> None:
+    # The jobs run in loky workers, which joblib kills (SIGKILL) as soon as the sweep's own
+    # process is interrupted: their runs could not end themselves.
+    stage, *overrides = JOBLIB_SWEEP
+    log = project / "sweep.log"
+    with open(log, "w") as out:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", f"pipeline.{stage}", *overrides, "model.optimizer.lr=0.01,0.02"]
+            + ["train.epochs=100000", "tracking.log_model=false"],
+            cwd=project,
+            env=stage_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        running: list = []
+        while len(running) < 2 and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+            running = [r for r in runs_so_far(project) if r.info.status == "RUNNING"]
+        assert len(running) == 2, f"the jobs' runs did not both start:\n{log.read_text()[-3000:]}"
+        workers = psutil.Process(sweep.pid).children(recursive=True)
+
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait(timeout=120)
+        assert sweep.returncode != 0, log.read_text()[-3000:]
+        runs = all_runs(mlflow_client(project))
+        assert [r.info.status for r in runs] == ["KILLED"] * 2, log.read_text()[-3000:]
+        _, left = psutil.wait_procs(workers, timeout=30)
+        assert not left, [w.cmdline() for w in left]
+    finally:  # a failed test must not leave a sweep training on
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers += psutil.Process(sweep.pid).children(recursive=True)
+        sweep.kill()
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

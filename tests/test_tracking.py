@@ -238,3 +238,39 @@ def test_runs_logging_the_same_new_dataset_at_once_all_get_it(
         for run_id in run_ids:
             inputs = store.get_run(run_id).inputs.dataset_inputs
             assert sorted(i.dataset.name for i in inputs) == ["task-train", "task-val"]
+
+
+def test_an_interrupt_swallowed_by_a_garbage_collection_callback_is_raised_again() -> None:
+    """A signal's KeyboardInterrupt raised while a gc callback runs (JAX registers one) is only
+    printed: the stage would go on training with its run RUNNING (seen with a joblib sweep)."""
+    code = """
+import gc, os, signal, sys, time
+from pipeline import cli
+
+cli._handle_interrupts()
+
+def callback(phase, info):
+    if phase == "start" and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # Python runs the handler here, inside the callback
+
+sent = []
+gc.callbacks.append(callback)
+try:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+except KeyboardInterrupt as error:
+    print("interrupted:", error, "sent:", len(sent))
+    sys.exit(0)
+print("not interrupted, sent:", len(sent))
+sys.exit(1)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=stage_env(), capture_output=True, text=True
+    )
+    assert "Exception ignored" in result.stderr, result.stderr  # it was swallowed once
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "interrupted: signal 15 sent: 1"
