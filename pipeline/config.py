@@ -381,6 +381,9 @@ class TunerConfig:
     # oracle in this process (pipeline/distributed.py); 1: trials run here, one after another.
     # Not part of a search's identity: the same trials get the same scores either way.
     workers: int = 1
+    # A worker on another machine silent this long mid-trial (no heartbeat) is taken for dead:
+    # its trial run ends KILLED and its trial goes to another worker.
+    worker_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         # Keras Tuner takes a seed of 0 for "no seed" and draws a random one.
@@ -392,6 +395,10 @@ class TunerConfig:
         _check(self.max_trials > 0, f"tuner.max_trials must be > 0, got {self.max_trials}")
         _check(self.max_epochs > 0, f"tuner.max_epochs must be > 0, got {self.max_epochs}")
         _check(self.workers >= 1, f"tuner.workers must be >= 1, got {self.workers}")
+        _check(
+            self.worker_timeout_s >= 10,  # several heartbeats (pipeline/distributed.py)
+            f"tuner.worker_timeout_s must be >= 10, got {self.worker_timeout_s}",
+        )
         _check(self.factor >= 2, f"tuner.factor must be >= 2, got {self.factor}")
         _check(
             0 < self.train_fraction <= 1,

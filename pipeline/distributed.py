@@ -10,7 +10,10 @@ the chief in this process and N workers as its subprocesses, on a free loopback 
 The chief here is not Keras Tuner's own serving loop (`oracle_chief.start_server`): that one
 waits forever for a worker that died mid-trial (it never ends the trial) and can bind a port
 another chief holds (gRPC's SO_REUSEPORT). This one watches its workers, puts a dead worker's
-trial back for another to run, as a resumed search does, and refuses a port in use.
+trial back for another to run, as a resumed search does, and refuses a port in use. Workers on
+this machine are watched as processes; those elsewhere by a heartbeat: a worker asks the chief
+for its trial every HEARTBEAT_S while it runs it, and one silent for tuner.worker_timeout_s is
+taken for dead.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -42,6 +46,7 @@ SEARCH_RUN = "PIPELINE_SEARCH_RUN_ID"  # a worker's search run, set by a chief t
 CHIEF_PID = "PIPELINE_CHIEF_PID"  # set by a chief for the workers it starts on this machine
 LOOPBACK = "127.0.0.1"
 POLL_S = 0.5
+HEARTBEAT_S = 2.0  # how often a worker tells its chief, mid-trial, that it is alive
 STOP_GRACE_S = 20.0  # how long workers told to stop get to end their trial runs KILLED
 WORKER_LOGS = "workers"  # in the search folder: each local worker's output
 # Identity tags a worker compares with its chief's search run, and what each part is.
@@ -82,7 +87,7 @@ class OracleServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)]
         )
-        self.servicer = OracleServicer(None)
+        self.servicer = _heeding(OracleServicer)(None)
         protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
         address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         try:
@@ -101,6 +106,74 @@ class OracleServer:
 
     def stop(self) -> None:
         self.server.stop(grace=2).wait()
+
+
+def _heeding(servicer_class: type) -> type:
+    """Keras Tuner's servicer, noting when it last heard of each trial (`heard`, by trial id):
+    its creation, a heartbeat, an update."""
+
+    class Heeding(servicer_class):  # type: ignore[misc, valid-type]
+        def __init__(self, oracle: Any) -> None:
+            super().__init__(oracle)
+            self.heard: dict[str, float] = {}
+
+        def CreateTrial(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's name)
+            from keras_tuner.src import protos
+            from keras_tuner.src.engine.trial import Trial, TrialStatus
+
+            response = super().CreateTrial(request, context)
+            trial = Trial.from_proto(response.trial)
+            if trial.status == TrialStatus.STOPPED and trials_pending(self.oracle):
+                # Not yet: a trial still running elsewhere comes back if its worker dies, and
+                # then needs a worker. Idle, this one asks again (Worker.pre_create_trial).
+                trial.status = TrialStatus.IDLE
+                return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+            self.heard[trial.trial_id] = time.monotonic()
+            return response
+
+        def GetTrial(self, request: Any, context: Any) -> Any:  # noqa: N802
+            self.heard[request.trial_id] = time.monotonic()
+            return super().GetTrial(request, context)
+
+        def UpdateTrial(self, request: Any, context: Any) -> Any:  # noqa: N802
+            self.heard[request.trial_id] = time.monotonic()
+            return super().UpdateTrial(request, context)
+
+    return Heeding
+
+
+class Worker:
+    """Mixed into a worker's tuner. While it runs a trial, a thread asks the chief for that
+    trial every HEARTBEAT_S: Keras Tuner's workers call the oracle only between trials, so a
+    chief could not tell a long trial from a worker that died in it on another machine. Told
+    to wait (an idle trial), it asks again POLL_S later, where Keras Tuner would at once."""
+
+    oracle: Any
+
+    def pre_create_trial(self) -> None:
+        if getattr(self, "waiting", False):
+            time.sleep(POLL_S)
+        self.waiting = True
+        super().pre_create_trial()  # type: ignore[misc]
+
+    def on_trial_begin(self, trial: Any) -> None:
+        import grpc
+
+        self.waiting = False
+        self.beating = threading.Event()
+        oracle, beating = self.oracle, self.beating
+
+        def beat() -> None:
+            while not beating.wait(HEARTBEAT_S):
+                with contextlib.suppress(grpc.RpcError):  # one missed beat is not silence
+                    oracle.get_trial(trial.trial_id)
+
+        threading.Thread(target=beat, name=f"heartbeat-{trial.trial_id}", daemon=True).start()
+        super().on_trial_begin(trial)  # type: ignore[misc]
+
+    def on_trial_end(self, trial: Any) -> None:
+        self.beating.set()
+        super().on_trial_end(trial)  # type: ignore[misc]
 
 
 def _synchronized(function: Any) -> Any:
@@ -127,6 +200,19 @@ def abandon_trial(oracle: Any, tuner_id: str) -> str | None:
     oracle._retry_queue.append(trial.trial_id)
     oracle.save()
     return trial.trial_id
+
+
+@_synchronized
+def abandon_silent(oracle: Any, heard: dict[str, float], timeout: float) -> dict[str, str]:
+    """Abandon (as `abandon_trial`) the workers whose ongoing trial the chief has not heard of
+    for `timeout` seconds; returns their trials' ids by worker."""
+    now = time.monotonic()
+    silent = [
+        tuner_id
+        for tuner_id, trial in oracle.ongoing_trials.items()
+        if now - heard.setdefault(trial.trial_id, now) > timeout  # a reloaded trial: from now
+    ]
+    return {tuner_id: abandon_trial(oracle, tuner_id) for tuner_id in silent}
 
 
 @_synchronized
@@ -277,9 +363,16 @@ class LocalWorkers:
                 process.wait()
 
 
-def serve(tuner: Any, server: OracleServer, local: LocalWorkers, parent_run_id: str) -> None:
+def serve(
+    tuner: Any,
+    server: OracleServer,
+    local: LocalWorkers,
+    parent_run_id: str,
+    worker_timeout_s: float,
+) -> None:
     """Serve `tuner`'s oracle until the search is over: to the `local` workers, watched; with
-    none, to workers started elsewhere (Keras Tuner's own end: all told to stop)."""
+    none, to workers started elsewhere (Keras Tuner's own end: all told to stop), any silent
+    for `worker_timeout_s` mid-trial taken for dead."""
     tuner.save()  # what a restarted chief reloads, as Keras Tuner's chief does first
     local.parent_run_id = parent_run_id
     server.start(tuner.oracle)
@@ -295,7 +388,13 @@ def serve(tuner: Any, server: OracleServer, local: LocalWorkers, parent_run_id: 
             if local.count:
                 if local.check(tuner.oracle):
                     break
-            elif server.servicer.stop_triggered and all_done(tuner.oracle):
+                continue
+            heard = server.servicer.heard
+            for tuner_id, trial_id in abandon_silent(tuner.oracle, heard, worker_timeout_s).items():
+                why = f"worker {tuner_id} went silent for {worker_timeout_s:g} s"
+                end_worker_runs(parent_run_id, tuner_id, why)
+                log.warning("%s; trial %s goes to another worker", why, trial_id)
+            if server.servicer.stop_triggered and all_done(tuner.oracle):
                 break
     finally:
         local.stop()

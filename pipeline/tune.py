@@ -181,14 +181,16 @@ def make_tuner(
         config.Algorithm.bayesian: (kt.BayesianOptimization, {"max_trials": tuner_cfg.max_trials}),
     }
     base, options = algorithms[tuner_cfg.algorithm]
-    tuner_class = type(f"Tracked{base.__name__}", (TrialRuns, base), {}) if track else base
+    role = distributed.role(tuner_cfg.workers)
+    mixins = (distributed.Worker,) * (role == "worker") + (TrialRuns,) * track
+    tuner_class = type(f"Tracked{base.__name__}", (*mixins, base), {}) if mixins else base
     project = folder / "keras_tuner"
     tuner_id = os.environ.get(distributed.TUNER_ID, "tuner0")  # as Keras Tuner names it
     # Keras Tuner reloads its oracle only from the state file of the same tuner id: a chief
     # resuming a search run by one process (or the other way round) would start afresh.
     reload_oracle = (
         resume
-        and distributed.role(tuner_cfg.workers) != "worker"
+        and role != "worker"
         and (project / "oracle.json").exists()
         and not (project / f"{tuner_id}.json").exists()
     )
@@ -292,7 +294,8 @@ def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
         return node
 
     searched = {key: value_at(key) for key in SEARCH_READS}
-    searched["tuner"].pop("workers", None)  # how many run the trials changes none of them
+    for how in ("workers", "worker_timeout_s"):  # how trials are run changes none of them
+        searched["tuner"].pop(how, None)
     parts: dict[str, Any] = {
         "config": hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest(),
         "data": sha256_of(split_file),
@@ -487,7 +490,8 @@ def main(cfg: DictConfig) -> None:
                 tuner = search(settings, cfg, params, data, folder, resume=resume)
             else:
                 tuner = make_tuner(settings, cfg, params, data, folder, resume)
-                distributed.serve(tuner, server, local, parent_id)
+                timeout = settings.tuner.worker_timeout_s
+                distributed.serve(tuner, server, local, parent_id, timeout)
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 

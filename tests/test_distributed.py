@@ -15,6 +15,8 @@ import pytest
 from conftest import all_runs, mlflow_client, stage_env
 from test_tune import runs_by_stage
 
+from pipeline import distributed, tracking
+
 DISTRIBUTED = (
     "experiment=circles/tuned",
     "tuner=random",
@@ -31,6 +33,16 @@ SLOW = (
     "tuner.early_stopping_patience=null",
     "tuner.cv_folds=null",
 )
+
+
+def runs_so_far(project: Path) -> list:
+    """The runs in the project's store while stages write to it: none before they make it, and
+    read only once made (under the stages' own lock: not while MLflow creates its tables)."""
+    store = project / "mlflow.db"
+    if not store.exists():
+        return []
+    tracking.open_sqlite_store(f"sqlite:///{store}")
+    return all_runs(mlflow_client(project))
 
 
 def worker_pids(chief: int) -> dict[str, int]:
@@ -97,11 +109,10 @@ def test_a_worker_killed_mid_trial_leaves_it_killed_and_the_others_finish_the_se
         stderr=subprocess.STDOUT,
         text=True,
     )
-    client = mlflow_client(project)
     deadline = time.monotonic() + 300
     while not any(  # tuner1 inside its first trial
         r.data.tags.get("worker") == "tuner1" and r.info.status == "RUNNING"
-        for r in (all_runs(client) if (project / "mlflow.db").exists() else [])
+        for r in runs_so_far(project)
     ):
         assert chief.poll() is None, chief.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "worker tuner1 never started a trial"
@@ -123,6 +134,60 @@ def test_a_worker_killed_mid_trial_leaves_it_killed_and_the_others_finish_the_se
     assert finished == ["0", "1", "2"]  # the killed trial run again, each once
     assert parent.data.metrics["trials"] == 3
     assert (project / "models/circles/best_hparams.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_silent_worker_on_another_machine_is_taken_for_dead_and_its_trial_run_again(
+    circles_split: Path, project: Path
+) -> None:
+    # A chief for workers started by hand, as on other machines: it cannot watch their
+    # processes, only hear them.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+
+    def start(tuner_id: str, *extra: str) -> subprocess.Popen:
+        with open(project / f"{tuner_id}.log", "w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pipeline.tune", *SLOW, *extra, "hydra.run.dir=."],
+                cwd=project,
+                env=stage_env(
+                    KERASTUNER_TUNER_ID=tuner_id,
+                    KERASTUNER_ORACLE_IP="127.0.0.1",
+                    KERASTUNER_ORACLE_PORT=port,
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_of(tuner_id: str) -> str:
+        return (project / f"{tuner_id}.log").read_text()[-4000:]
+
+    chief = start("chief", "tuner.worker_timeout_s=10")
+    workers = {tuner_id: start(tuner_id) for tuner_id in ("tuner0", "tuner1")}
+    deadline = time.monotonic() + 300
+    while not any(  # tuner1 inside its first trial
+        r.data.tags.get("worker") == "tuner1" and r.info.status == "RUNNING"
+        for r in runs_so_far(project)
+    ):
+        assert chief.poll() is None, log_of("chief")
+        assert time.monotonic() < deadline, (
+            f"worker tuner1 never started a trial:\n{log_of('tuner1')}"
+        )
+        time.sleep(0.3)
+    workers["tuner1"].kill()  # no last words: its trial run stays RUNNING
+    assert chief.wait(timeout=300) == 0, log_of("chief")
+    assert workers["tuner0"].wait(timeout=60) == 0, log_of("tuner0")
+
+    parent, runs = runs_by_stage(project)
+    assert parent.info.status == "FINISHED"
+    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["worker"] == "tuner1"
+    assert killed.data.tags["failure_reason"] == "worker tuner1 went silent for 10 s"
+    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+    assert finished == ["0", "1", "2"]  # the silent worker's trial run again, each once
+    assert parent.data.metrics["trials"] == 3
 
 
 def test_an_oracle_port_in_use_stops_the_chief_in_one_line(run_stage, project: Path) -> None:
@@ -154,3 +219,51 @@ def test_half_a_distributed_set_up_is_refused_in_one_line(run_stage) -> None:
         "error: distributed search: KERASTUNER_TUNER_ID set but not KERASTUNER_ORACLE_IP, "
         "KERASTUNER_ORACLE_PORT"
     )
+
+
+def test_a_worker_is_heard_through_its_trial_and_one_gone_quiet_gives_it_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat in-process, on a real oracle served over loopback: trials last longer than
+    any timeout a test could wait for, so the end-to-end test alone could not tell a beating
+    worker from one that only finished quickly."""
+    import keras_tuner as kt
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    monkeypatch.setattr(distributed, "HEARTBEAT_S", 0.05)
+    space = kt.HyperParameters()
+    space.Float("x", 0, 1)
+    oracle = kt.oracles.RandomSearchOracle(
+        objective=kt.Objective("score", "max"), max_trials=2, hyperparameters=space, seed=1
+    )
+    oracle._set_project_dir(str(tmp_path), "search")
+    server = distributed.OracleServer(distributed.LOOPBACK, 0)
+    server.start(oracle)
+    monkeypatch.setenv(distributed.ORACLE_IP, distributed.LOOPBACK)
+    monkeypatch.setenv(distributed.ORACLE_PORT, str(server.port))
+    monkeypatch.setenv(distributed.TUNER_ID, "tuner0")
+
+    class KerasTuners:  # what Worker's hooks hand on to
+        def on_trial_begin(self, trial: object) -> None:
+            pass
+
+        def on_trial_end(self, trial: object) -> None:
+            pass
+
+    class Tuner(distributed.Worker, KerasTuners):
+        pass
+
+    try:
+        worker = Tuner()
+        worker.oracle = OracleClient(oracle)
+        trial = worker.oracle.create_trial("tuner0")
+        worker.on_trial_begin(trial)
+        time.sleep(0.5)  # ten beats
+        assert distributed.abandon_silent(oracle, server.servicer.heard, 0.25) == {}
+        worker.on_trial_end(trial)  # no more beats, yet still its trial
+        time.sleep(0.5)
+        given_up = distributed.abandon_silent(oracle, server.servicer.heard, 0.25)
+        assert given_up == {"tuner0": trial.trial_id}
+        assert worker.oracle.create_trial("tuner1").trial_id == trial.trial_id  # run again
+    finally:
+        server.stop()
