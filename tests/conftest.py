@@ -33,11 +33,9 @@ def stage_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the project's pipeline definition (conf/, dvc.yaml, the package) to run in."""
-    repo = tmp_path / "project"
-    repo.mkdir()
+def copy_project(repo: Path) -> Path:
+    """A copy of the project's pipeline definition (conf/, dvc.yaml, the package) in `repo`."""
+    repo.mkdir(exist_ok=True)
     for name in ("conf", "pipeline"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
@@ -46,36 +44,57 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run_stage(project: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `python -m pipeline.<stage> <overrides>` in the project copy, as DVC would (into the
-    pipeline's own folders, hydra.run.dir=.); `by_hand=True` runs it as a user would."""
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline definition (conf/, dvc.yaml, the package) to run in."""
+    return copy_project(tmp_path / "project")
 
-    def run(
-        stage: str, *overrides: str, check: bool = True, by_hand: bool = False, **env: str
-    ) -> subprocess.CompletedProcess:
-        as_dvc = () if by_hand else ("hydra.run.dir=.",)
-        result = subprocess.run(
-            [sys.executable, "-m", f"pipeline.{stage}", *overrides, *as_dvc],
-            cwd=project,
-            env=stage_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=600,
+
+def stage_in(
+    repo: Path, stage: str, *overrides: str, check: bool = True, by_hand: bool = False, **env: str
+) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline.<stage> <overrides>` in `repo`, as DVC would (into the pipeline's
+    own folders, hydra.run.dir=.); `by_hand=True` runs it as a user would."""
+    as_dvc = () if by_hand else ("hydra.run.dir=.",)
+    result = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}", *overrides, *as_dvc],
+        cwd=repo,
+        env=stage_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{stage} {overrides} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
-        if check and result.returncode != 0:
-            pytest.fail(
-                f"{stage} {overrides} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-            )
-        return result
+    return result
+
+
+@pytest.fixture
+def run_stage(project: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """`stage_in` the project copy."""
+
+    def run(stage: str, *overrides: str, **options: object) -> subprocess.CompletedProcess:
+        return stage_in(project, stage, *overrides, **options)
 
     return run
 
 
+@pytest.fixture(scope="session")
+def circles_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ holding circles' raw and split files, made once per test process by the real fetch
+    and split stages in a project copy of its own: two stage starts saved per test using them."""
+    repo = copy_project(tmp_path_factory.mktemp("circles-data") / "project")
+    stage_in(repo, "fetch", "source=circles")
+    stage_in(repo, "split", "dataset=circles")
+    return repo / "data"
+
+
 @pytest.fixture
-def circles_split(run_stage: Callable[..., subprocess.CompletedProcess], project: Path) -> Path:
-    """data/split/circles.npz made by the real fetch and split stages."""
-    run_stage("fetch", "source=circles")
-    run_stage("split", "dataset=circles")
+def circles_split(circles_data: Path, project: Path) -> Path:
+    """data/split/circles.npz made by the real fetch and split stages, copied into the project
+    (neither stage writes to MLflow, so the copy leaves the project as the stages would)."""
+    shutil.copytree(circles_data, project / "data", dirs_exist_ok=True)
     return project / "data" / "split" / "circles.npz"
 
 
