@@ -5,24 +5,38 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import all_runs, mlflow_client
+from conftest import all_runs, copy_project, mlflow_client, stage_in
+from mlflow.entities import RunInfo
 
 
-def test_train_and_evaluate_record_one_complete_mlflow_run(
-    run_stage, circles_split: Path, project: Path
-) -> None:
-    run_stage(
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, circles_data: Path) -> tuple[Path, RunInfo]:
+    """A project where circles' baseline was trained and then evaluated, and its run's info
+    as training left it: set up once for the tests that only add to it or read it."""
+    project = copy_project(tmp_path_factory.mktemp("evaluated") / "project")
+    shutil.copytree(circles_data, project / "data")
+    stage_in(
+        project,
         "train",
         "experiment=circles/baseline",
         "train.epochs=3",
         "tracking.system_metrics_interval=0.5",
     )
-    run_stage("evaluate", "experiment=circles/baseline")
+    run_id = json.loads((project / "models/circles/baseline/run.json").read_text())["run_id"]
+    trained = mlflow_client(project).get_run(run_id).info
+    stage_in(project, "evaluate", "experiment=circles/baseline")
+    return project, trained
 
+
+def test_train_and_evaluate_record_one_complete_mlflow_run(
+    evaluated: tuple[Path, RunInfo],
+) -> None:
+    project, _ = evaluated
     summary = json.loads((project / "models/circles/baseline/run.json").read_text())
     client = mlflow_client(project)
     run = client.get_run(summary["run_id"])
@@ -62,13 +76,15 @@ def test_train_and_evaluate_record_one_complete_mlflow_run(
 
 
 def test_same_seed_gives_the_same_model(run_stage, circles_split: Path, project: Path) -> None:
-    histories = []
-    for _ in range(2):
-        run_stage(
-            "train", "experiment=circles/baseline", "train.epochs=3", "tracking.log_model=false"
-        )
-        histories.append((project / "models/circles/baseline/history.csv").read_text())
-    assert histories[0] == histories[1]
+    train = ("experiment=circles/baseline", "train.epochs=3", "tracking.log_model=false")
+    run_stage("train", *train)
+    written = {path: path.read_bytes() for path in (project / "models/circles/baseline").iterdir()}
+    # Again by hand: into a job folder of its own, the pipeline's outputs left as they were.
+    run_stage("train", *train, by_hand=True)
+    (job,) = project.glob("outputs/*/*/models/circles/baseline")
+    assert {path: path.read_bytes() for path in written} == written
+    baseline = project / "models/circles/baseline"
+    assert (job / "history.csv").read_text() == (baseline / "history.csv").read_text()
 
 
 def test_the_cosine_schedule_lowers_the_learning_rate_every_epoch(
@@ -127,17 +143,21 @@ def test_hydra_multirun_gives_one_run_per_job_grouped_by_sweep(
     assert len({r.data.tags["hydra_sweep_id"] for r in runs}) == 1
     assert {r.data.tags["hydra_job_num"] for r in runs} == {"0", "1"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # Each job writes under its own folder, not over the pipeline's outputs.
+    assert len(list(project.glob("multirun/*/[01]/models/circles/baseline/run.json"))) == 2
+    assert not (project / "models").exists()
 
 
 def test_evaluate_and_crossval_add_to_the_train_run_without_reopening_it(
-    run_stage, circles_split: Path, project: Path
+    evaluated: tuple[Path, RunInfo],
 ) -> None:
-    run_stage("train", "experiment=circles/baseline", "train.epochs=2", "tracking.log_model=false")
+    project, trained = evaluated
+    stage_in(
+        project, "crossval", "experiment=circles/baseline", "train.epochs=2", "train.cv_folds=2"
+    )
     client = mlflow_client(project)
-    run_id = json.loads((project / "models/circles/baseline/run.json").read_text())["run_id"]
-    trained = client.get_run(run_id).info
-    run_stage("evaluate", "experiment=circles/baseline")
-    run_stage("crossval", "experiment=circles/baseline", "train.epochs=2", "train.cv_folds=2")
+    run_id = trained.run_id
+    circles_split = project / "data/split/circles.npz"
 
     run = client.get_run(run_id)
     assert (run.info.status, run.info.end_time) == ("FINISHED", trained.end_time)
