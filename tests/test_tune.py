@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import all_runs, mlflow_client, stage_env
+from conftest import all_runs, copy_project, mlflow_client, stage_env, stage_in
 
 TINY_SEARCH = (
     "experiment=circles/tuned",
@@ -100,11 +100,20 @@ SLOW_SEARCH = (
 )
 
 
-def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_best(
-    run_stage, circles_split: Path, project: Path
-) -> None:
-    run_stage("tune", *TINY_SEARCH)
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory: pytest.TempPathFactory, circles_data: Path) -> Path:
+    """A project where TINY_SEARCH ran to its end, set up once for the tests that read it or
+    run it again expecting it to stay the one finished search."""
+    project = copy_project(tmp_path_factory.mktemp("finished-search") / "project")
+    shutil.copytree(circles_data, project / "data")
+    stage_in(project, "tune", *TINY_SEARCH)
+    return project
 
+
+def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_best(
+    finished_search: Path,
+) -> None:
+    project = finished_search
     client = mlflow_client(project)
     parent, trials = runs_by_stage(project)
     assert parent.info.status == "FINISHED"
@@ -132,7 +141,9 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
     assert list(table["status"]) == ["COMPLETED"] * 3
     assert (project / REPORTS / "figures/score_by_hyperparameter.png").exists()
 
-    run_stage("train", "experiment=circles/tuned", "train.epochs=2", "tracking.log_model=false")
+    stage_in(
+        project, "train", "experiment=circles/tuned", "train.epochs=2", "tracking.log_model=false"
+    )
     trained = [r for r in all_runs(client) if r.info.run_name == "circles/tuned"]
     assert trained[0].data.params["model.hidden_units"] == str(best["model"]["hidden_units"])
     assert float(trained[0].data.params["model.optimizer.lr"]) == best["model"]["optimizer"]["lr"]
@@ -226,13 +237,13 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(
 
 
 def test_a_finished_search_run_again_searches_nothing_and_leaves_its_run_alone(
-    run_stage, circles_split: Path, project: Path
+    finished_search: Path,
 ) -> None:
-    run_stage("tune", *TINY_SEARCH)
+    project = finished_search
     parent, trials = runs_by_stage(project)
     written = search_outputs(project)
 
-    again = run_stage("tune", *TINY_SEARCH)
+    again = stage_in(project, "tune", *TINY_SEARCH)
     assert f"already finished (MLflow run {parent.info.run_id})" in again.stdout
     rerun, rerun_trials = runs_by_stage(project)  # still the one search run
     assert (rerun.info.status, rerun.info.end_time) == ("FINISHED", parent.info.end_time)
@@ -242,9 +253,9 @@ def test_a_finished_search_run_again_searches_nothing_and_leaves_its_run_alone(
 
 
 def test_a_forced_rerun_of_a_finished_search_writes_its_outputs_again(
-    run_stage, circles_split: Path, project: Path
+    finished_search: Path,
 ) -> None:
-    run_stage("tune", *TINY_SEARCH)
+    project = finished_search
     parent, trials = runs_by_stage(project)
     written = search_outputs(project)
     # What `dvc repro -f` does: it deletes the outputs, but keeps the persisted search folder.
@@ -252,7 +263,7 @@ def test_a_forced_rerun_of_a_finished_search_writes_its_outputs_again(
     (project / REPORTS / "trials.csv").unlink()
     shutil.rmtree(project / REPORTS / "figures")
 
-    run_stage("tune", *TINY_SEARCH)
+    stage_in(project, "tune", *TINY_SEARCH)
     assert search_outputs(project) == written
     rerun, rerun_trials = runs_by_stage(project)
     assert (rerun.info.status, rerun.info.end_time) == ("FINISHED", parent.info.end_time)
