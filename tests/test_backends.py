@@ -22,18 +22,21 @@ BACKENDS = [
     if all(importlib.util.find_spec(module) is not None for module in modules)
 ]
 
-# Trains a zero-initialised linear model with plain SGD on pipeline.datasets.batches and prints
-# its weights: they depend on the batches' order, and nothing else differs between backends.
+# Trains a zero-initialised linear model with plain SGD on pipeline.datasets.batches for each
+# seed given and prints {seed: its weights}: they depend on the batches' order, and nothing else
+# differs between backends. (All seeds in one process: a backend's start costs seconds.)
 FIT_ON_BATCHES = """
 import json, sys, keras, numpy as np
 from pipeline.datasets import batches
-seed = int(sys.argv[1])
 x = np.linspace(-1, 1, 50, dtype=np.float32).reshape(25, 2)
 y = (x @ np.array([2.0, -1.0], np.float32) + 0.5 * np.sin(7 * x[:, 0])).astype(np.float32)
-net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
-net.compile(keras.optimizers.SGD(0.3), "mse")
-net.fit(**batches(x, y, 4, shuffle_seed=seed, epochs=3), epochs=3, shuffle=False, verbose=0)
-print(json.dumps([w.ravel().tolist() for w in net.get_weights()]))
+weights = {}
+for seed in map(int, sys.argv[1:]):
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    net.compile(keras.optimizers.SGD(0.3), "mse")
+    net.fit(**batches(x, y, 4, shuffle_seed=seed, epochs=3), epochs=3, shuffle=False, verbose=0)
+    weights[seed] = [w.ravel().tolist() for w in net.get_weights()]
+print(json.dumps(weights))
 """
 
 # Loads a saved model and prints its class probabilities for the split's test part.
@@ -61,11 +64,9 @@ def on_backend(backend: str, *command: str, cwd: Path | None = None) -> str:
 def test_every_backend_trains_on_the_same_batches_for_a_seed() -> None:
     assert {"tensorflow", "jax"} <= set(BACKENDS)
     weights = {
-        (backend, seed): np.concatenate(
-            json.loads(on_backend(backend, "-c", FIT_ON_BATCHES, str(seed)))
-        )
+        (backend, int(seed)): np.concatenate(fitted)
         for backend in BACKENDS
-        for seed in (7, 8)
+        for seed, fitted in json.loads(on_backend(backend, "-c", FIT_ON_BATCHES, "7", "8")).items()
     }
     for backend in BACKENDS:
         np.testing.assert_allclose(weights[backend, 7], weights["tensorflow", 7], rtol=1e-5)
