@@ -380,18 +380,32 @@ def git_commit() -> str:
     do not count: `dvc repro` rewrites them before the last stage runs, which would mark every
     repro of a clean checkout dirty.
     """
+    import tempfile
+
+    paths = ("--", ".", ":(exclude)dvc.lock", ":(exclude)reports")
     try:
         commit = _git("rev-parse", "--verify", os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD")
         # Working tree and index against the commit, whether or not HEAD is that commit.
-        dirty = _git(
-            "diff", "--name-only", commit, "--", ".", ":(exclude)dvc.lock", ":(exclude)reports"
-        )
+        dirty = _git("diff", "--name-only", commit, *paths)
+        if not dirty:
+            # Again by content, through an index of the commit's own: DVC's queue applies `-S`
+            # to a copy whose index already holds the edited file's size and time, so git's
+            # own index took `lr: 0.01` -> `lr: 0.02` for no change at all.
+            with tempfile.TemporaryDirectory() as scratch:
+                fresh = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+                _git("read-tree", commit, env=fresh)
+                dirty = _git("diff", "--name-only", *paths, env=fresh)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, env: dict[str, str] | None = None) -> str:
     return subprocess.run(
-        ["git", *args], capture_output=True, text=True, check=True, cwd=Path.cwd()
+        ["git", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path.cwd(),
+        env={**os.environ, **(env or {})},
     ).stdout.strip()

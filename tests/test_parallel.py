@@ -241,3 +241,8 @@ def test_queued_dvc_experiments_run_two_at_a_time_each_into_its_own_run(
     )
     assert [r.info.status for r in runs] == ["FINISHED"] * 2
     assert overlapping(runs), "the queue ran its experiments one after another"
+    # Each ran the baseline commit with its own -S edit on top, and says so.
+    baseline = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert [r.data.tags["git_commit"] for r in runs] == [f"{baseline}-dirty"] * 2
