@@ -429,6 +429,11 @@ class TrackingConfig:
     trial_system_metrics: bool = False
     system_metrics_interval: float = 2.0
 
+    def sampling(self, of_trials: bool = False) -> float | None:
+        """How often runs (trial runs with `of_trials`) sample system metrics; None: not."""
+        wanted = self.trial_system_metrics if of_trials else self.system_metrics
+        return self.system_metrics_interval if wanted else None
+
     def __post_init__(self) -> None:
         # Characters every store and the model registry accept in names and in models:/ URIs.
         _check(

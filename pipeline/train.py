@@ -99,7 +99,7 @@ def main(cfg: DictConfig) -> None:
         "model_family": settings.model.family.value,
         **tracking.context_tags("train", {"split": split_file}),
     }
-    every = settings.tracking.system_metrics_interval if settings.tracking.system_metrics else None
+    every = settings.tracking.sampling()
     with tracking.run(settings.run_name, tags, system_metrics_every=every) as active:
         tracking.log_split(active.info.run_id, split_file, data)
         mlflow.log_params(config.to_flat_dict(cfg))

@@ -80,8 +80,7 @@ def make_tuner(
     # The same input scaling as the final model's, fitted on the whole training part.
     inputs = models.inputs_of(data.x_train, settings.dataset.standardize)
     backend_tags = backend.tags()
-    trial_metrics = settings.tracking.trial_system_metrics
-    trial_metrics_every = settings.tracking.system_metrics_interval if trial_metrics else None
+    trial_metrics_every = settings.tracking.sampling(of_trials=True)
 
     def trial_settings(hp: Any) -> config.Config:
         return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
