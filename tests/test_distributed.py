@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,35 @@ def runs_so_far(project: Path) -> list:
         return []
     tracking.open_sqlite_store(f"sqlite:///{store}")
     return all_runs(mlflow_client(project))
+
+
+def wait_until_in_a_trial(
+    tuner_id: str, project: Path, chief: subprocess.Popen, output: Callable[[], str]
+) -> None:
+    """Until worker `tuner_id` is inside a trial (its trial run RUNNING); a failure, showing
+    `output()`, if the chief ends first or 300 s pass."""
+    deadline = time.monotonic() + 300
+    while not any(
+        r.data.tags.get("worker") == tuner_id and r.info.status == "RUNNING"
+        for r in runs_so_far(project)
+    ):
+        assert chief.poll() is None, output()
+        assert time.monotonic() < deadline, f"worker {tuner_id} never started a trial:\n{output()}"
+        time.sleep(0.3)
+
+
+def assert_its_trial_ran_again(project: Path, tuner_id: str, reason: str) -> None:
+    """The search of SLOW finished, with the trial run of the worker that died ended KILLED
+    for `reason`, and each of the three trials FINISHED once: the lost one run again."""
+    parent, runs = runs_by_stage(project)
+    assert parent.info.status == "FINISHED"
+    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["worker"] == tuner_id
+    assert killed.data.tags["failure_reason"] == reason
+    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+    assert finished == ["0", "1", "2"]
+    assert parent.data.metrics["trials"] == 3
 
 
 def worker_pids(chief: int) -> dict[str, int]:
@@ -109,30 +139,13 @@ def test_a_worker_killed_mid_trial_leaves_it_killed_and_the_others_finish_the_se
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while not any(  # tuner1 inside its first trial
-        r.data.tags.get("worker") == "tuner1" and r.info.status == "RUNNING"
-        for r in runs_so_far(project)
-    ):
-        assert chief.poll() is None, chief.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, "worker tuner1 never started a trial"
-        time.sleep(0.3)
+    wait_until_in_a_trial("tuner1", project, chief, lambda: chief.communicate()[0][-4000:])
     pids = worker_pids(chief.pid)
     os.kill(pids["tuner1"], signal.SIGKILL)
     output, _ = chief.communicate(timeout=300)
     assert chief.returncode == 0, output[-4000:]
 
-    parent, runs = runs_by_stage(project)
-    assert parent.info.status == "FINISHED"
-    statuses = [r.info.status for r in runs]
-    assert "RUNNING" not in statuses
-    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
-    assert killed.info.status == "KILLED"
-    assert killed.data.tags["worker"] == "tuner1"
-    assert killed.data.tags["failure_reason"] == "worker tuner1 died (killed by SIGKILL)"
-    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
-    assert finished == ["0", "1", "2"]  # the killed trial run again, each once
-    assert parent.data.metrics["trials"] == 3
+    assert_its_trial_ran_again(project, "tuner1", "worker tuner1 died (killed by SIGKILL)")
     assert (project / "models/circles/best_hparams.yaml").exists()
 
 
@@ -165,29 +178,12 @@ def test_a_silent_worker_on_another_machine_is_taken_for_dead_and_its_trial_run_
 
     chief = start("chief", "tuner.worker_timeout_s=10")
     workers = {tuner_id: start(tuner_id) for tuner_id in ("tuner0", "tuner1")}
-    deadline = time.monotonic() + 300
-    while not any(  # tuner1 inside its first trial
-        r.data.tags.get("worker") == "tuner1" and r.info.status == "RUNNING"
-        for r in runs_so_far(project)
-    ):
-        assert chief.poll() is None, log_of("chief")
-        assert time.monotonic() < deadline, (
-            f"worker tuner1 never started a trial:\n{log_of('tuner1')}"
-        )
-        time.sleep(0.3)
+    wait_until_in_a_trial("tuner1", project, chief, lambda: log_of("chief") + log_of("tuner1"))
     workers["tuner1"].kill()  # no last words: its trial run stays RUNNING
     assert chief.wait(timeout=300) == 0, log_of("chief")
     assert workers["tuner0"].wait(timeout=60) == 0, log_of("tuner0")
 
-    parent, runs = runs_by_stage(project)
-    assert parent.info.status == "FINISHED"
-    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
-    assert killed.info.status == "KILLED"
-    assert killed.data.tags["worker"] == "tuner1"
-    assert killed.data.tags["failure_reason"] == "worker tuner1 went silent for 10 s"
-    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
-    assert finished == ["0", "1", "2"]  # the silent worker's trial run again, each once
-    assert parent.data.metrics["trials"] == 3
+    assert_its_trial_ran_again(project, "tuner1", "worker tuner1 went silent for 10 s")
 
 
 def test_an_oracle_port_in_use_stops_the_chief_in_one_line(run_stage, project: Path) -> None:
