@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import backend, config
+from pipeline import backend, config, interrupts
 from pipeline.errors import PipelineError
 
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
@@ -27,58 +25,6 @@ CONF_DIR = str(Path.cwd() / "conf")
 
 
 STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as
-STOP_GRACE_S = 20.0  # how long the jobs of an interrupted sweep get to end their runs KILLED
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM (a killed DVC job, a CI time-out): unwind as KeyboardInterrupt, so that
-    open MLflow runs end KILLED, once the jobs running in other processes have done the same."""
-    # A second signal (Ctrl-C again, a process group's SIGINT with our SIGTERM) would cut the
-    # unwinding short and leave runs RUNNING.
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
-    stop_children()
-    _raise_interrupt(signum)
-
-
-_interrupted_by: list[int] = []  # the signal being acted on, once one came
-
-
-def _raise_interrupt(signum: int, *_: object) -> None:
-    _interrupted_by[:] = [signum]
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _unraisable(hook: Any) -> None:
-    """Raise again an interrupt that Python swallowed: one raised while a garbage-collection
-    callback or a __del__ ran (JAX's, TensorFlow's) is printed and dropped, and the training
-    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback."""
-    if isinstance(hook.exc_value, KeyboardInterrupt) and _interrupted_by:
-        signal.signal(signal.SIGALRM, functools.partial(_raise_interrupt, _interrupted_by[0]))
-        signal.setitimer(signal.ITIMER_REAL, 0.01)
-    sys.__unraisablehook__(hook)
-
-
-def stop_children() -> None:
-    """Pass SIGTERM on to this process's children and wait until they end. A launcher's workers
-    (joblib's) run a sweep's jobs: interrupted, the launcher would kill them outright (SIGKILL),
-    their runs left RUNNING. Children that ignore SIGTERM (joblib's resource tracker) are not
-    waited for."""
-    import psutil
-
-    children = psutil.Process().children()
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    psutil.wait_procs([c for c in children if not _ignores_sigterm(c)], timeout=STOP_GRACE_S)
-
-
-def _ignores_sigterm(process: Any) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-            if line.startswith("SigIgn:"):
-                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
-    return False
 
 
 def _in_launcher_worker() -> bool:
@@ -88,14 +34,6 @@ def _in_launcher_worker() -> bool:
 
 class JobFailed(Exception):
     """A -m job's PipelineError, already printed: it only tells the sweep that the job failed."""
-
-
-def _handle_interrupts() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
-    sys.unraisablehook = _unraisable
-    # Not where SIGINT is ignored (a background job of a non-interactive shell): so it stays.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
 
 
 def one_line(error: BaseException) -> str:
@@ -123,7 +61,7 @@ def stage(
 
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
-            _handle_interrupts()
+            interrupts.install()
             try:
                 if "backend" in cfg:
                     backend.use(cfg.backend)
@@ -148,7 +86,7 @@ def stage(
         @functools.wraps(run)
         def main() -> None:
             os.environ[STAGE_PID] = str(os.getpid())
-            _handle_interrupts()  # also while a launcher's workers run the jobs
+            interrupts.install()  # also while a launcher's workers run the jobs
             wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
             # Makes Hydra raise a config error instead of printing its own multi-line report.
             os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -161,6 +99,12 @@ def stage(
                 sys.exit(1)
             except JobFailed:
                 sys.exit(1)
+            except KeyboardInterrupt:
+                if wants_traceback:
+                    raise
+                signum = interrupts.interrupted_by() or signal.SIGINT
+                print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+                sys.exit(128 + signum)
             if failures:
                 sys.exit(1)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import mlflow
 
+from pipeline import interrupts
 from pipeline.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ CHIEF_PID = "PIPELINE_CHIEF_PID"  # set by a chief for the workers it starts on 
 LOOPBACK = "127.0.0.1"
 POLL_S = 0.5
 HEARTBEAT_S = 2.0  # how often a worker tells its chief, mid-trial, that it is alive
-STOP_GRACE_S = 20.0  # how long workers told to stop get to end their trial runs KILLED
 WORKER_LOGS = "workers"  # in the search folder: each local worker's output
 # Identity tags a worker compares with its chief's search run, and what each part is.
 IDENTITY_PARTS = {
@@ -352,15 +352,7 @@ class LocalWorkers:
 
     def stop(self) -> None:
         """Stop the workers still running: SIGTERM ends their trial runs KILLED."""
-        for process in self.running.values():
-            process.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for process in self.running.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        interrupts.terminate(self.running.values())
 
 
 def serve(

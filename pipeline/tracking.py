@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import time
 import warnings
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.entities import Metric, RunStatus, RunTag
 
-from pipeline import backend
+from pipeline import backend, interrupts
 from pipeline.errors import PipelineError
 from pipeline.files import sha256_of
 
@@ -40,6 +41,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # A split's parts (Split's x_<part>, y_<part>) and their MLflow dataset contexts.
 SPLIT_PARTS = {"train": "training", "val": "validation", "test": "test"}
+# Tags of the process that owns a run (owner_tags).
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "owner.host", "owner.pid", "owner.started"
 
 
 def repo_root() -> Path:
@@ -126,7 +129,8 @@ def open_sqlite_store(uri: str) -> None:
 
 
 def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "") -> str:
-    """Point MLflow at the store and at task `task`'s experiment (`experiment_name`, returned).
+    """Point MLflow at the store and at task `task`'s experiment (`experiment_name`, returned),
+    ending the runs that killed processes left RUNNING there (`end_orphans`).
     A new experiment in an SQLite store keeps its artifacts in mlartifacts/ beside the database
     file, an absolute path, wherever the stage runs from; a server store places them itself."""
     uri = tracking_uri(configured_uri)
@@ -150,6 +154,7 @@ def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "
     kind = existing.tags.get(EXPERIMENT_KIND_TAG)
     if kind is None or "inferred" in kind:
         mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    end_orphans(existing.experiment_id)
     return experiment
 
 
@@ -175,25 +180,82 @@ def run(
     Only for the stage that owns the run (train, tune resuming its own search): resuming sets
     the run's status and end time anew. Other stages add to a run with `add_to_run`.
     """
-    active = mlflow.start_run(
-        run_id=run_id,
-        run_name=None if run_id else name,
-        tags=tags,
-        log_system_metrics=system_metrics(system_metrics_every),
-    )
+    active = None
     try:
+        with interrupts.deferred():  # MLflow makes the run's record before it hands it over
+            active = mlflow.start_run(
+                run_id=run_id,
+                run_name=None if run_id else name,
+                tags={**tags, **owner_tags()},
+                log_system_metrics=system_metrics(system_metrics_every),
+            )
         yield active
     except KeyboardInterrupt:
-        _end_open_runs(active.info.run_id, RunStatus.KILLED, "interrupted")
+        if active is not None:
+            end_open_runs(active.info.run_id, RunStatus.KILLED, "interrupted")
         raise
     except BaseException as error:
-        _end_open_runs(active.info.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        if active is not None:
+            end_open_runs(active.info.run_id, RunStatus.FAILED, failure_reason(error))
         raise
-    if run_id is not None and "failure_reason" in mlflow.get_run(run_id).data.tags:
-        # The earlier attempt's reason: the run now ends FINISHED, and a FINISHED run with a
-        # failure_reason would say it failed.
-        mlflow.MlflowClient().delete_tag(run_id, "failure_reason")
-    mlflow.end_run()
+    with interrupts.deferred():
+        if run_id is not None and "failure_reason" in mlflow.get_run(run_id).data.tags:
+            # The earlier attempt's reason: the run now ends FINISHED, and a FINISHED run with
+            # a failure_reason would say it failed.
+            mlflow.MlflowClient().delete_tag(run_id, "failure_reason")
+        mlflow.end_run()
+
+
+def failure_reason(error: BaseException) -> str:
+    """A failed run's `failure_reason`: a user's error as the stage prints it."""
+    if isinstance(error, PipelineError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def owner_tags() -> dict[str, str]:
+    """The process that owns a run, on which machine: how `end_orphans` tells a run whose
+    process died (SIGKILL runs no handler) from one still going."""
+    import psutil
+
+    me = psutil.Process()
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(me.pid),
+        OWNER_STARTED: f"{me.create_time():.3f}",  # a pid can be taken again by another process
+    }
+
+
+def end_orphans(experiment_id: str) -> None:
+    """End KILLED, with the reason, the experiment's runs left RUNNING by a process of this
+    machine that is gone: killed outright (SIGKILL, out of memory) or crashed, it could not
+    end them. Runs of live processes and of other machines are left alone."""
+    import psutil
+
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'",
+        max_results=1000,
+    )
+    for stale in running:
+        pid, started = stale.data.tags.get(OWNER_PID), stale.data.tags.get(OWNER_STARTED)
+        if not (pid and started):
+            continue
+        try:
+            alive = abs(psutil.Process(int(pid)).create_time() - float(started)) < 1.0
+        except psutil.NoSuchProcess:
+            alive = False
+        if alive:
+            continue
+        client.set_tag(
+            stale.info.run_id,
+            "failure_reason",
+            f"its process (pid {pid} on {host}) ended without ending the run: killed "
+            "(SIGKILL, out of memory) or crashed",
+        )
+        client.set_terminated(stale.info.run_id, "KILLED")
 
 
 def require_run(run_id: str, named_in: Path) -> None:
@@ -284,13 +346,15 @@ def content_digest(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _end_open_runs(outer_id: str, status: int, reason: str) -> None:
-    """End run `outer_id` and any run still open inside it (a trial cut short with its search)."""
-    while (current := mlflow.active_run()) is not None:
-        mlflow.set_tag("failure_reason", reason[:5000])
-        mlflow.end_run(RunStatus.to_string(status))
-        if current.info.run_id == outer_id:
-            break
+def end_open_runs(outer_id: str | None, status: int, reason: str) -> None:
+    """End run `outer_id` and any run still open inside it (a trial cut short with its search);
+    with None, every open run."""
+    with interrupts.deferred():
+        while (current := mlflow.active_run()) is not None:
+            mlflow.set_tag("failure_reason", reason[:5000])
+            mlflow.end_run(RunStatus.to_string(status))
+            if current.info.run_id == outer_id:
+                break
 
 
 def keras_callback(model_summary: bool = True) -> Any:

@@ -30,10 +30,21 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
+from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import backend, config, datasets, distributed, models, plots, search_space, tracking
+from pipeline import (
+    backend,
+    config,
+    datasets,
+    distributed,
+    interrupts,
+    models,
+    plots,
+    search_space,
+    tracking,
+)
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, TrainingError
@@ -129,42 +140,47 @@ def make_tuner(
         """Mixed into the tuner: each trial is an MLflow run nested under the search's run."""
 
         def on_trial_begin(self, trial: Any) -> None:
-            super().on_trial_begin(trial)
-            values = search_space.values_for(params, trial.hyperparameters.copy())
-            hyperband = {
-                f"trial.{key.split('/')[1]}": value
-                for key, value in trial.hyperparameters.values.items()
-                if key.startswith("tuner/")
-            }
-            mlflow.start_run(
-                run_name=f"{settings.dataset.name}/trial-{trial.trial_id}",
-                nested=True,
-                parent_run_id=parent_run_id,
-                tags={
-                    "task": settings.dataset.name,
-                    "stage": "tune_trial",
-                    "trial_id": trial.trial_id,
-                    "worker": self.tuner_id,
-                    **backend_tags,
-                },
-                log_system_metrics=tracking.system_metrics(trial_metrics_every),
-            )
-            mlflow.log_params({**values, **hyperband})
+            with interrupts.deferred():  # a trial started is a trial run started
+                super().on_trial_begin(trial)
+                values = search_space.values_for(params, trial.hyperparameters.copy())
+                hyperband = {
+                    f"trial.{key.split('/')[1]}": value
+                    for key, value in trial.hyperparameters.values.items()
+                    if key.startswith("tuner/")
+                }
+                mlflow.start_run(
+                    run_name=f"{settings.dataset.name}/trial-{trial.trial_id}",
+                    nested=True,
+                    parent_run_id=parent_run_id,
+                    tags={
+                        "task": settings.dataset.name,
+                        "stage": "tune_trial",
+                        "trial_id": trial.trial_id,
+                        "worker": self.tuner_id,
+                        **backend_tags,
+                        **tracking.owner_tags(),
+                    },
+                    log_system_metrics=tracking.system_metrics(trial_metrics_every),
+                )
+                mlflow.log_params({**values, **hyperband})
 
         def on_trial_end(self, trial: Any) -> None:
-            super().on_trial_end(trial)  # the oracle scores the trial here
-            # A worker's oracle is the chief's: only its copy of the trial is scored.
-            scored = self.oracle.get_trial(trial.trial_id)
-            if scored.status == "COMPLETED" and scored.score is not None:
-                scores = {"score": scored.score}
-                if settings.tuner.early_stopping_patience is not None:  # else the last epoch
-                    scores["best_step"] = scored.best_step
-                mlflow.log_metrics(scores)
-                mlflow.end_run()
-            else:
-                reason = (trial.message or "trial failed").strip().splitlines()[-1]
-                mlflow.set_tag("failure_reason", reason[:5000])
-                mlflow.end_run("FAILED")
+            # Scored by the oracle and its run ended, or neither: a resumed search runs again
+            # exactly the trials whose runs did not finish.
+            with interrupts.deferred():
+                super().on_trial_end(trial)  # the oracle scores the trial here
+                # A worker's oracle is the chief's: only its copy of the trial is scored.
+                scored = self.oracle.get_trial(trial.trial_id)
+                if scored.status == "COMPLETED" and scored.score is not None:
+                    scores = {"score": scored.score}
+                    if settings.tuner.early_stopping_patience is not None:  # else the last epoch
+                        scores["best_step"] = scored.best_step
+                    mlflow.log_metrics(scores)
+                    mlflow.end_run()
+                else:
+                    reason = (trial.message or "trial failed").strip().splitlines()[-1]
+                    mlflow.set_tag("failure_reason", reason[:5000])
+                    mlflow.end_run("FAILED")
 
     tuner_cfg = settings.tuner
     algorithms = {
@@ -557,9 +573,7 @@ def work(
         # resume: never wipe the folder, which a chief on this machine shares.
         search(settings, cfg, params, data, folder, resume=True, parent_run_id=parent_id)
     except KeyboardInterrupt:  # stopped by its chief (SIGTERM) or Ctrl-C
-        while mlflow.active_run() is not None:
-            mlflow.set_tag("failure_reason", "interrupted: the worker was stopped")
-            mlflow.end_run("KILLED")
+        tracking.end_open_runs(None, RunStatus.KILLED, "interrupted: the worker was stopped")
         raise
     except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
         raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None

@@ -245,9 +245,9 @@ def test_an_interrupt_swallowed_by_a_garbage_collection_callback_is_raised_again
     printed: the stage would go on training with its run RUNNING (seen with a joblib sweep)."""
     code = """
 import gc, os, signal, sys, time
-from pipeline import cli
+from pipeline import interrupts
 
-cli._handle_interrupts()
+interrupts.install()
 
 def callback(phase, info):
     if phase == "start" and not sent:
@@ -274,3 +274,91 @@ sys.exit(1)
     assert "Exception ignored" in result.stderr, result.stderr  # it was swallowed once
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "interrupted: signal 15 sent: 1"
+
+
+# A run, with SIGTERM sent to its process from inside an MlflowClient method: while start_run
+# makes the run (right after its record is created) or while end_run ends it (just before its
+# status is set), moments no test could hit by waiting.
+SIGNAL_INSIDE_MLFLOW = """
+import os, signal
+from mlflow import MlflowClient
+from pipeline import interrupts, tracking
+
+interrupts.install()
+tracking.use_experiment("task")
+create_run, set_terminated = MlflowClient.create_run, MlflowClient.set_terminated
+
+def create_then_signal(self, *args, **kwargs):
+    made = create_run(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return made
+
+def signal_then_end(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return set_terminated(self, *args, **kwargs)
+
+MlflowClient.{method} = {wrapper}
+try:
+    with tracking.run("task/x", {{}}, system_metrics_every=0.5):
+        pass
+except KeyboardInterrupt as error:
+    print("interrupted:", error)
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "wrapper", "status"),
+    [
+        ("create_run", "create_then_signal", "KILLED"),
+        ("set_terminated", "signal_then_end", "FINISHED"),
+    ],
+    ids=["while-starting", "while-ending"],
+)
+def test_a_signal_while_mlflow_starts_or_ends_a_run_never_leaves_it_running(
+    store: mlflow.MlflowClient, tmp_path: Path, method: str, wrapper: str, status: str
+) -> None:
+    """MLflow makes a run's record before start_run returns, and ends it in steps: an interrupt
+    landing inside either left the run RUNNING for ever (seen with a joblib sweep's jobs).
+    Now it is acted on once the run is open (it ends KILLED), or once it has ended."""
+    code = SIGNAL_INSIDE_MLFLOW.format(method=method, wrapper=wrapper)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**stage_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "interrupted: signal 15", result.stdout + result.stderr
+    (run,) = store.search_runs([store.get_experiment_by_name("task").experiment_id])
+    assert run.info.status == status
+    assert ("failure_reason" in run.data.tags) == (status == "KILLED")
+
+
+def test_the_next_stage_ends_killed_the_runs_of_a_process_killed_outright(
+    store: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    """SIGKILL runs no handler: the run its process had open stays RUNNING until a stage
+    finds that process gone. A running process's run is left alone."""
+    code = (
+        "import os, signal\nfrom pipeline import tracking\ntracking.use_experiment('task')\n"
+        "with tracking.run('task/x', {}):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**stage_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        timeout=120,
+    )
+    assert killed.returncode == -9
+    experiment = store.get_experiment_by_name("task").experiment_id
+    (orphan,) = store.search_runs([experiment])
+    assert orphan.info.status == "RUNNING"
+    mine = store.create_run(experiment, tags=tracking.owner_tags())  # a live process's run
+
+    tracking.use_experiment("task")
+    orphan = store.get_run(orphan.info.run_id)
+    assert orphan.info.status == "KILLED"
+    pid = orphan.data.tags["owner.pid"]
+    assert orphan.data.tags["failure_reason"].startswith(f"its process (pid {pid} on ")
+    assert store.get_run(mine.info.run_id).info.status == "RUNNING"

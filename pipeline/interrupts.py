@@ -1,0 +1,123 @@
+"""Ctrl-C and SIGTERM: a stage unwinds as KeyboardInterrupt, so that its open MLflow runs end
+KILLED, whenever the signal comes.
+
+Two moments would otherwise lose a run: MLflow creates a run's record before `start_run`
+returns (and ends it in steps), so an interrupt landing inside either left the run RUNNING for
+ever. Code that starts or ends runs does it inside `deferred()`: a signal that comes then is
+acted on as the block ends, once the run is open or closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
+
+_acting_on: list[int] = []  # the signal being acted on, once one came
+_held: list[int] = []  # a signal that came inside deferred(), to act on at its end
+_depth = 0  # how many deferred() blocks are open
+
+
+def install() -> None:
+    """Unwind this process as KeyboardInterrupt on SIGTERM, and on SIGINT unless it is ignored
+    (a background job of a non-interactive shell: then it stays ignored)."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    sys.unraisablehook = _unraisable
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _depth:
+        _held[:] = [signum]
+        return
+    _act_on(signum)
+
+
+def _act_on(signum: int) -> None:
+    # A second signal (Ctrl-C again, a process group's SIGINT with our SIGTERM) would cut the
+    # unwinding short and leave runs RUNNING.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    stop_children()
+    _raise(signum)
+
+
+def _raise(signum: int, *_: object) -> None:
+    _acting_on[:] = [signum]
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupted_by() -> int | None:
+    """The signal this process is unwinding for, if any."""
+    return _acting_on[0] if _acting_on else None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that SIGINT and SIGTERM do not cut short: one that comes inside it is acted on
+    as it ends (a KeyboardInterrupt raised there, not in the middle)."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if not _depth and _held:
+        _act_on(_held.pop())
+
+
+def _unraisable(hook: Any) -> None:
+    """Raise again an interrupt that Python swallowed: one raised while a garbage-collection
+    callback or a __del__ ran (JAX's, TensorFlow's) is printed and dropped, and the training
+    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback."""
+    if isinstance(hook.exc_value, KeyboardInterrupt) and _acting_on:
+        signal.signal(signal.SIGALRM, functools.partial(_raise, _acting_on[0]))
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+    sys.__unraisablehook__(hook)
+
+
+def terminate(processes: Iterable[Any], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to each process (psutil.Process or subprocess.Popen), then wait up to `grace`
+    seconds in all for them to end their runs; SIGKILL to any still running then."""
+    import psutil
+
+    processes = list(processes)
+    procs = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = process if isinstance(process, psutil.Process) else psutil.Process(process.pid)
+            proc.terminate()
+            procs.append(proc)
+    _, left = psutil.wait_procs(procs, timeout=grace)
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=grace)
+    for process in processes:
+        if hasattr(process, "poll"):
+            process.poll()  # reaped by psutil: let Popen see its exit status
+
+
+def stop_children() -> None:
+    """Pass SIGTERM on to this process's children and wait until they end. A launcher's workers
+    (joblib's) run a sweep's jobs: interrupted, the launcher would kill them outright (SIGKILL),
+    their runs left RUNNING. Children that ignore SIGTERM (joblib's resource tracker) are left
+    alone."""
+    import psutil
+
+    terminate(c for c in psutil.Process().children() if not _ignores_sigterm(c.pid))
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
