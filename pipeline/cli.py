@@ -64,7 +64,7 @@ def stage(
             interrupts.install()
             try:
                 if "backend" in cfg:
-                    backend.use(cfg.backend)
+                    backend.use(cfg.backend, cfg.deterministic, cfg.threads)
                 run(cfg)
             except KeyboardInterrupt:
                 if _in_launcher_worker():

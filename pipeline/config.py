@@ -377,6 +377,10 @@ class TunerConfig:
     # score on the validation part. The test part is never used.
     cv_folds: int | None = None
     seed: int = 1
+    # Trials whose scores differ by less than this tie, and the fewest parameters win
+    # (pipeline/selection.py). None: one standard error of the best accuracy on the samples
+    # that score the trials; 0 for other objectives.
+    tie_tolerance: float | None = None
     # Processes running trials at once, each with its own trial, served by one Keras Tuner
     # oracle in this process (pipeline/distributed.py); 1: trials run here, one after another.
     # Not part of a search's identity: the same trials get the same scores either way.
@@ -395,6 +399,11 @@ class TunerConfig:
         _check(self.max_trials > 0, f"tuner.max_trials must be > 0, got {self.max_trials}")
         _check(self.max_epochs > 0, f"tuner.max_epochs must be > 0, got {self.max_epochs}")
         _check(self.workers >= 1, f"tuner.workers must be >= 1, got {self.workers}")
+        _check(
+            self.tie_tolerance is None or self.tie_tolerance >= 0,
+            f"tuner.tie_tolerance must be >= 0 (or null for one standard error), got "
+            f"{self.tie_tolerance}",
+        )
         _check(
             self.worker_timeout_s >= 10,  # several heartbeats (pipeline/distributed.py)
             f"tuner.worker_timeout_s must be >= 10, got {self.worker_timeout_s}",
@@ -451,6 +460,10 @@ class TrackingConfig:
 @dataclass
 class Config:
     backend: Backend = Backend.tensorflow  # Keras' backend (pipeline.backend)
+    # The backend's deterministic algorithms: the same figures to the last digit on one machine
+    # and thread count (benchmarks/README.md: what it costs).
+    deterministic: bool = True
+    threads: int | None = None  # intra-op threads; None: the backend's default, one per core
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -465,6 +478,12 @@ class Config:
     @property
     def run_name(self) -> str:
         return f"{self.dataset.name}/{self.variant}"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.threads is None or self.threads >= 1,
+            f"threads must be >= 1 (or null for one per core), got {self.threads}",
+        )
 
 
 @dataclass

@@ -16,10 +16,11 @@ import os
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from pipeline import config, models, plots, tracking
+from pipeline import backend, config, models, plots, selection, tracking
 from pipeline.cli import stage
 from pipeline.datasets import load_split
 from pipeline.files import atomic_output, sha256_of, write_text
@@ -61,10 +62,20 @@ def _variant_order(variant: str) -> tuple[int, str]:
     return (1 if variant == "tuned" else 0, variant)  # baselines first, the searched model last
 
 
-def results_table(runs: pd.DataFrame) -> pd.DataFrame:
+def results_table(runs: pd.DataFrame, n_test: int) -> pd.DataFrame:
+    """One row per model; test accuracy with its standard error on the `n_test` test samples:
+    what a rerun on another machine or with another seed may move it by and still agree."""
     table = pd.DataFrame({"model": runs["variant"]})
     for column, source in COLUMNS.items():
         table[column] = runs.get(source)
+    table.insert(
+        2,
+        "± 1 SE",
+        [
+            selection.standard_error(accuracy, n_test) if pd.notna(accuracy) else None
+            for accuracy in table["test accuracy"]
+        ],
+    )
     for column in ("parameters", "epochs"):
         table[column] = table[column].astype("Int64")
     if "metrics.cv_accuracy_mean" in runs:
@@ -78,26 +89,32 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def best_run(runs: pd.DataFrame) -> pd.Series:
-    """The run with the best validation accuracy; on a tie, the searched model.
+def best_run(runs: pd.DataFrame, n_val: int) -> tuple[pd.Series, float]:
+    """The task's champion and the tie tolerance it was chosen with (selection.CHAMPION_RULE).
 
     Small validation parts tie often (circles: 20 points, both models 0.95), and the searched
     model's configuration was chosen on more evidence (every trial, k folds where set).
     """
-    ranked = runs.assign(searched=runs["variant"] == "tuned").sort_values(
-        ["metrics.final_val_accuracy", "searched"], ascending=False
+    scored = runs.assign(
+        not_searched=runs["variant"] != "tuned",
+        params=runs.get("metrics.param_count", 0),
     )
-    return ranked.iloc[0]
+    best = scored["metrics.final_val_accuracy"].max()
+    tolerance = selection.standard_error(best, n_val)
+    order = ["not_searched", "params", "variant"]
+    chosen = selection.pick(scored, "metrics.final_val_accuracy", "max", tolerance, order)
+    return runs.loc[chosen.chosen], tolerance
 
 
-def register_best(name: str, runs: pd.DataFrame) -> str:
-    """Register `best_run(runs)` in the model registry as model `name` (the task's experiment's
-    name) with the alias `champion`; returns a line for the report.
+def register_best(name: str, runs: pd.DataFrame, n_val: int) -> str:
+    """Register `best_run(runs, n_val)` in the model registry as model `name` (the task's
+    experiment's name) with the alias `champion`; returns a line for the report.
 
     A run registered before keeps its version: the report reruns whenever any of its inputs
     change, and a new version each time would number the same model many times over.
     """
-    best = best_run(runs)
+    best, tolerance = best_run(runs, n_val)
+    rule = selection.CHAMPION_RULE.format(tol=tolerance, n=n_val)
     client = mlflow.MlflowClient()
     registered = client.search_model_versions(f"name = '{name}' and run_id = '{best['run_id']}'")
     if registered:
@@ -115,24 +132,56 @@ def register_best(name: str, runs: pd.DataFrame) -> str:
     client.set_registered_model_alias(name, CHAMPION, version.version)
     return (
         f"Registered in MLflow as model `{name}` version {version.version}, alias `{CHAMPION}`: "
-        f"the {best['variant']} model, chosen by best validation accuracy "
-        f"({best['metrics.final_val_accuracy']:.4f}; a tie goes to the searched model); load it "
-        f"with `mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}')`."
+        f"the {best['variant']} model (validation accuracy "
+        f"{best['metrics.final_val_accuracy']:.4f}), {rule}; "
+        f"load it with `mlflow.pyfunc.load_model('models:/{name}@{CHAMPION}')`."
     )
 
 
-def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str:
+def search_line(pick_file: Path) -> str:
+    """What the task's search picked, and which trials tied with it (its pick.json)."""
+    if not pick_file.exists():
+        return "No search."
+    pick = json.loads(pick_file.read_text())
+    others = [t for t in pick["tied"] if t != pick["trial_id"]]
+    return (
+        f"The search picked trial {pick['trial_id']} of {pick['trials']} (score "
+        f"{pick['score']:.4f}, {pick['param_count']:,} parameters); tied with it: "
+        f"{', '.join(others) or 'none'}. {pick['rule']}."
+    )
+
+
+def machines(runs: pd.DataFrame) -> list[str]:
+    """Where the runs computed, one line per distinct machine (CPU, instruction sets, threads,
+    determinism, libraries): the figures repeat to the last digit only on the same."""
+    keys = [f"tags.{key}" for key in backend.MACHINE_TAGS]
+    present = runs[[k for k in keys if k in runs]].dropna(how="all").drop_duplicates()
+    return [
+        ", ".join(
+            f"{key.removeprefix('tags.')} {row[key]}" for key in present if pd.notna(row[key])
+        )
+        for _, row in present.iterrows()
+    ]
+
+
+def task_section(
+    task: str, settings: config.ReportConfig, figures: Path
+) -> tuple[str, pd.DataFrame]:
+    """The task's part of the report, and the runs it reports."""
     tracking_cfg = settings.tracking
     experiment = tracking.use_experiment(task, tracking_cfg.uri, tracking_cfg.experiment_prefix)
     read = settings.paths.read
     runs = task_runs(task, experiment, read.path("models"))
     if runs.empty:
-        return f"## {task}\n\nNo trained model yet.\n"
-    table = results_table(runs)
+        return f"## {task}\n\nNo trained model yet.\n", runs
+    with np.load(read.split_file(task)) as split:
+        n_val, n_test = len(split["y_val"]), len(split["y_test"])
+    table = results_table(runs, n_test)
     digits = [".1f" if column == "train time (s)" else ".4f" for column in table.columns]
     lines = [f"## {task}", "", table.to_markdown(index=False, floatfmt=digits), ""]
+    lines += [search_line(read.report_dir(task, "search") / "pick.json"), ""]
     if settings.register_models and "metrics.final_val_accuracy" in runs:
-        lines += [register_best(experiment, runs), ""]
+        lines += [register_best(experiment, runs, n_val), ""]
 
     curve_files = {
         variant: read.report_dir(task, variant) / "learning_curve.csv"
@@ -170,7 +219,7 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")
         images.append(("decision boundary", Path("figures") / boundary.name))
     lines += [f"![{title}]({path})" for title, path in images]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", runs
 
 
 @stage("report", reads=("tasks", "register_models", "tracking", "paths"))
@@ -183,17 +232,22 @@ def main(cfg: DictConfig) -> None:
         "",
         "Written by the `report` stage of `dvc repro` from the MLflow store and the stage outputs;",
         "do not edit. Test parts are scored once, by `evaluate`; k-fold accuracy (small data sets)",
-        "refits the final configuration on stratified folds of all samples.",
+        "refits the final configuration on stratified folds of all samples. A test accuracy's",
+        "standard error (± 1 SE) is how far a rerun on another machine, or with another seed, may",
+        "move it by chance: figures repeat to the last digit only on the same machine, backend and",
+        "thread count, with determinism on.",
         "",
         f"- code: git commit `{tracking.git_commit()}`",
         *[f"- data: `data/split/{path.name}` sha256 `{sha256_of(path)}`" for path in split_files],
-        "",
     ]
-    sections = []
+    sections, reported = [], []
     with atomic_output(reports / "figures") as figures:
         figures.mkdir()
         for task in settings.tasks or config.pipeline_tasks():
-            sections.append(task_section(task, settings, figures))
+            section, runs = task_section(task, settings, figures)
+            sections.append(section)
+            reported.append(runs)
+    header += [f"- machine: {line}" for line in machines(pd.concat(reported))] + [""]
     write_text(reports / "README.md", "\n".join(header + sections))
     log.info("wrote %s", reports / "README.md")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import config, models
+from pipeline import backend, config, models
 from pipeline.datasets import Split, batches
 from pipeline.errors import ConfigError, TrainingError
 
@@ -43,7 +43,7 @@ def with_hparams(cfg: DictConfig) -> DictConfig:
 def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:
     import keras
 
-    keras.utils.set_random_seed(settings.train.seed)
+    backend.seed(settings.train.seed)
     spec = models.inputs_of(data.x_train, settings.dataset.standardize)
     net = models.build_keras(settings.model, spec, data.n_classes)
     callbacks = list(callbacks)

@@ -43,6 +43,7 @@ from pipeline import (
     models,
     plots,
     search_space,
+    selection,
     tracking,
 )
 from pipeline.cli import stage
@@ -85,7 +86,6 @@ def make_tuner(
     """A Keras Tuner tuner of the configured algorithm; with `track`, its trials are MLflow
     runs nested under run `parent_run_id` (None: the active run), tagged with the worker that
     ran them."""
-    import keras
     import keras_tuner as kt
 
     # The same input scaling as the final model's, fitted on the whole training part.
@@ -99,7 +99,7 @@ def make_tuner(
     class SearchModel(kt.HyperModel):
         def build(self, hp: Any) -> Any:
             trial = trial_settings(hp)
-            keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
+            backend.seed(settings.tuner.seed)  # every trial starts alike
             return models.build_keras(trial.model, inputs, data.n_classes)
 
         def fit(
@@ -267,7 +267,8 @@ def search(
 
 
 def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
-    """One row per trial: id, status, score, its MLflow run and its config values."""
+    """One row per trial: id, status, score, its model's parameter count, its MLflow run and
+    its config values."""
     children = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
         order_by=["start_time ASC"],
@@ -282,6 +283,12 @@ def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
                 "trial_id": trial_id,
                 "status": trial.status,
                 "score": trial.score,
+                # What a tie is broken by; counted on the model as built, untrained.
+                "param_count": (
+                    tuner.hypermodel.build(trial.hyperparameters.copy()).count_params()
+                    if trial.status == "COMPLETED"
+                    else None
+                ),
                 "mlflow_run_id": run_ids.get(trial_id),
                 **{k: str(v) if isinstance(v, list) else v for k, v in values.items()},
             }
@@ -289,10 +296,48 @@ def trials_table(tuner: Any, params: list, parent_run_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def y_scoring(settings: config.Config, data: Split) -> np.ndarray:
+    """The labels each trial's score is measured on: the validation part, or with k folds
+    every sample of the training budget and validation part, each held out once."""
+    if settings.tuner.cv_folds:
+        _, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
+        return np.concatenate([y, data.y_val])
+    return data.y_val
+
+
+def choose(trials: pd.DataFrame, settings: config.Config, scored_by: int) -> selection.Pick:
+    """The trial the search picks (selection.TRIAL_RULE): of its scored trials, those within the tie
+    tolerance of the best score tie, and the fewest parameters, then the earliest trial, win.
+    The tolerance is tuner.tie_tolerance, else one standard error of an accuracy measured on
+    `scored_by` samples (none for other objectives)."""
+    scored = trials[(trials["status"] == "COMPLETED") & trials["score"].notna()]
+    if scored.empty:
+        raise TrainingError(
+            "no trial finished; see the FAILED trial runs' failure_reason in MLflow"
+        )
+    tuner_cfg = settings.tuner
+    tolerance = tuner_cfg.tie_tolerance
+    if tolerance is None:
+        best = scored["score"].max() if tuner_cfg.direction == "max" else scored["score"].min()
+        accuracy = tuner_cfg.objective.endswith("accuracy")
+        tolerance = selection.standard_error(best, scored_by) if accuracy else 0.0
+    ordered = scored.assign(trial_number=scored["trial_id"].astype(int))
+    return selection.pick(
+        ordered, "score", tuner_cfg.direction, tolerance, ["param_count", "trial_number"]
+    )
+
+
 def search_code() -> list[Path]:
     """The source files of the code that builds, trains and scores a search's models (plots
     and MLflow logging only describe them)."""
-    modules = [models, search_space, datasets, config, sys.modules.get("pipeline.training")]
+    modules = [
+        models,
+        search_space,
+        selection,
+        datasets,
+        config,
+        sys.modules.get("pipeline.training"),
+    ]
     return [Path(__file__), *(Path(m.__file__) for m in modules if m is not None)]
 
 
@@ -442,6 +487,7 @@ def main(cfg: DictConfig) -> None:
     outputs = {
         "best_hparams.yaml": settings.paths.write.best_hparams_file(task),
         "trials.csv": reports / "trials.csv",
+        "pick.json": reports / "pick.json",
         "figures": reports / "figures",
     }
     identity = search_identity(cfg, split_file)
@@ -510,27 +556,38 @@ def main(cfg: DictConfig) -> None:
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 
-        best = tuner.oracle.get_best_trials(1)
-        if not best or best[0].score is None:
-            raise TrainingError(
-                "no trial finished; see the FAILED trial runs' failure_reason in MLflow"
-            )
-        best_values = search_space.values_for(params, best[0].hyperparameters.copy())
         trials = trials_table(tuner, params, parent_id)
         objective = settings.tuner.objective
-        mlflow.log_metrics({f"best_{objective}": best[0].score, "trials": len(trials)})
+        chosen = choose(trials, settings, scored_by=len(y_scoring(settings, data)))
+        best = trials.loc[chosen.chosen]
+        trials["tied"] = trials.index.isin(chosen.tied)
+        trials["picked"] = trials.index == chosen.chosen
+        best_values = search_space.values_for(
+            params, tuner.oracle.trials[best["trial_id"]].hyperparameters.copy()
+        )
+        mlflow.log_metrics(
+            {
+                f"best_{objective}": best["score"],
+                "trials": len(trials),
+                "tie_tolerance": chosen.tolerance,
+            }
+        )
         mlflow.log_params({f"best.{k}": v for k, v in best_values.items()})
-        mlflow.set_tag("best_trial_id", best[0].trial_id)
+        tied_ids = [str(trials.loc[i, "trial_id"]) for i in chosen.tied]
+        mlflow.set_tags({"best_trial_id": best["trial_id"], "tied_trials": ",".join(tied_ids)})
 
         scored_on = (
             f"mean of {settings.tuner.cv_folds} folds over train+validation"
             if settings.tuner.cv_folds
             else "on the validation part"
         )
+        rule = selection.TRIAL_RULE.format(tol=chosen.tolerance)
         header = (
-            f"# Best of {len(trials)} trials ({settings.tuner.algorithm.value}), {objective} "
-            f"{best[0].score:.4f} {scored_on}.\n# MLflow: search run {parent_id}, "
-            f"trial {best[0].trial_id}. Written by `tune`; read by `train` (train.hparams_file).\n"
+            f"# Picked of {len(trials)} trials ({settings.tuner.algorithm.value}): trial "
+            f"{best['trial_id']}, {objective} {best['score']:.4f} {scored_on}, "
+            f"{int(best['param_count']):,} parameters.\n# {rule}"
+            f": trials {', '.join(tied_ids)}.\n# MLflow: search run {parent_id}. Written by "
+            "`tune`; read by `train` (train.hparams_file).\n"
         )
         best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
         with atomic_output(outputs["figures"]) as figures:
@@ -547,11 +604,22 @@ def main(cfg: DictConfig) -> None:
             mlflow.log_artifact(str(outputs["trials.csv"]))
             mlflow.log_artifacts(str(figures), "figures")
             mlflow.log_text(best_yaml, "best_hparams.yaml")
+            pick = {
+                "trial_id": str(best["trial_id"]),
+                "score": float(best["score"]),
+                "param_count": int(best["param_count"]),
+                "tied": tied_ids,
+                "tie_tolerance": chosen.tolerance,
+                "rule": rule,
+                "trials": len(trials),
+            }
+            write_json(outputs["pick.json"], pick)
+            mlflow.log_dict(pick, "pick.json")
             write_text(outputs["best_hparams.yaml"], best_yaml)
         save_outputs(outputs, folder / KEPT_FOLDER)
     # Only once its run has ended FINISHED: a search killed before that resumes instead.
     write_json(folder / STATE_FILE, {**state, "finished": True})
-    log.info("best trial %s, %s %.4f:\n%s", best[0].trial_id, objective, best[0].score, best_yaml)
+    log.info("picked trial %s:\n%s", best["trial_id"], best_yaml)
 
 
 def work(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def test_train_and_evaluate_record_one_complete_mlflow_run(
     assert tags["keras.backend"] == "tensorflow" and tags["device"] == "CPU"
     (tensorflow,) = importlib.metadata.packages_distributions()["tensorflow"]
     assert tags["keras.backend.version"] == importlib.metadata.version(tensorflow)
+    # What else its figures depend on: the machine, the thread count, determinism, libraries.
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert tags["cpu"] in cpuinfo
+    assert tags["cpu.isa"] and set(tags["cpu.isa"].split(",")) <= set(cpuinfo.split())
+    assert tags["cpu.cores"] == str(len(os.sched_getaffinity(0)))
+    assert tags["threads"] == f"default ({tags['cpu.cores']})"
+    assert tags["deterministic"] == "true"
+    for library in ("keras-tuner", "mlflow", "numpy"):
+        assert tags[f"{library.replace('-', '_')}.version"] == importlib.metadata.version(library)
     # MLflow's system metrics, sampled every half second while the run was open.
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
         run.data.metrics

@@ -133,12 +133,27 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
         steps = [m.step for m in client.get_metric_history(trial.info.run_id, "val_accuracy")]
         assert steps == [0, 1]
 
+    # The pick: of the trials within one standard error of the best score (20 validation
+    # points), the one with the fewest parameters, then the earliest.
+    table = pd.read_csv(project / REPORTS / "trials.csv", dtype={"trial_id": str})
+    assert list(table["status"]) == ["COMPLETED"] * 3
+    tolerance = parent.data.metrics["tie_tolerance"]
+    best_score = table["score"].max()
+    p = min(best_score, 19 / 20)  # a perfect score is held to be one point short
+    assert tolerance == pytest.approx((p * (1 - p) / 20) ** 0.5)
+    tied = table[table["score"] >= best_score - tolerance]
+    assert list(table["tied"]) == list(table.index.isin(tied.index))
+    picked = tied.sort_values(["param_count", "trial_id"], kind="stable").iloc[0]
+    assert list(table["picked"]) == list(table["trial_id"] == picked["trial_id"])
+    assert parent.data.tags["best_trial_id"] == picked["trial_id"]
     best = best_values(project)
-    best_trial = max(trials, key=lambda r: r.data.metrics["score"])
+    best_trial = trials[int(picked["trial_id"])]
     assert str(best["model"]["hidden_units"]) == best_trial.data.params["model.hidden_units"]
     assert parent.data.metrics["best_val_accuracy"] == best_trial.data.metrics["score"]
-    table = pd.read_csv(project / REPORTS / "trials.csv")
-    assert list(table["status"]) == ["COMPLETED"] * 3
+    assert (
+        f"trial {picked['trial_id']}, val_accuracy"
+        in (project / "models/circles/best_hparams.yaml").read_text()
+    )
     assert (project / REPORTS / "figures/score_by_hyperparameter.png").exists()
 
     stage_in(
