@@ -62,6 +62,10 @@ def stage(
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
             interrupts.install()
+            # A launcher's worker (joblib's) would train on, and then wait for more jobs,
+            # after its sweep was killed outright.
+            if _in_launcher_worker() and not interrupts.die_with(int(os.environ[STAGE_PID])):
+                os._exit(128 + signal.SIGTERM)
             try:
                 if "backend" in cfg:
                     backend.use(cfg.backend, cfg.deterministic, cfg.threads)

@@ -19,7 +19,6 @@ taken for dead.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import logging
@@ -397,11 +396,7 @@ def watch_chief() -> None:
     """In a worker started by a chief on this machine: die with it. A worker whose chief is
     gone would otherwise wait up to an hour on the oracle (Keras Tuner's gRPC timeout)."""
     chief = os.environ.get(CHIEF_PID)
-    if not chief or not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != int(chief):  # it died before the line above
+    if chief and not interrupts.die_with(int(chief)):
         raise TrainingError("the chief of this worker has already exited")
 
 

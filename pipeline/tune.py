@@ -220,6 +220,16 @@ def make_tuner(
     )
     if reload_oracle:
         tuner.oracle.reload()
+    if resume and role != "worker":
+        # Keras Tuner saves a trial's end before it takes the trial off its list of running
+        # ones, so a search stopped right after a trial ended reloaded that trial as cut short
+        # and ran it again.
+        oracle = tuner.oracle
+        oracle._retry_queue = [
+            trial_id
+            for trial_id in oracle._retry_queue
+            if oracle.trials[trial_id].status not in ("COMPLETED", "FAILED")
+        ]
     return tuner
 
 

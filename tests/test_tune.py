@@ -3,6 +3,7 @@ and a search's identity (config, data, code): what starts a new search and what 
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -367,3 +368,29 @@ def test_every_layers_units_are_in_the_space_before_a_trial_reaches_them() -> No
     hp.values["model.hidden_units.layers"] = 2
     hp.ensure_active_values()  # as the oracle does for a trial
     assert len(search_space.values_for(params, hp)["model.hidden_units"]) == 2
+
+
+def test_a_search_stopped_after_its_last_trial_resumes_without_running_it_again(
+    run_stage, circles_split: Path, project: Path
+) -> None:
+    """Keras Tuner saves a trial's end before it takes the trial off its running list: a chief
+    killed after its last trial (drawing its figures) reloaded that trial as cut short and ran
+    it a second time (seen in benchmarks/stress_interrupts.py)."""
+    run_stage("tune", *TINY_SEARCH)
+    folder = project / "models/circles/search"
+    # The search's folder as such a kill leaves it: its last trial saved ended, and still
+    # listed as running; the search not finished.
+    oracle_file = folder / "keras_tuner/oracle.json"
+    oracle = json.loads(oracle_file.read_text())
+    oracle_file.write_text(json.dumps({**oracle, "ongoing_trials": {"tuner0": "2"}}))
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "finished": False}))
+
+    again = run_stage("tune", *TINY_SEARCH)
+    assert "resuming the search" in again.stdout
+    _, trials = runs_by_stage(project)
+    assert [(r.data.tags["trial_id"], r.info.status) for r in trials] == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+        ("2", "FINISHED"),
+    ]
