@@ -38,6 +38,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,12 +176,12 @@ def workers_of(chief: int) -> dict[int, str]:
     return found
 
 
-def deliver(run: Command, case: Case, signum: int, at: float) -> tuple[str, str | None]:
+def deliver(run: Command, case: Case, signum: int, at: float) -> tuple[str | None, str | None]:
     """Send `signum` `at` seconds after the start, where the case says; where it landed (the
-    command's last line of output then) and the signalled worker's tuner id."""
+    command's last line of output then; None if it had exited) and the signalled worker's id."""
     while run.elapsed() < at or (case.at_worker and not workers_of(run.process.pid)):
         if run.process.poll() is not None:
-            return "missed: already exited", None
+            return None, None
         time.sleep(0.01)
     landed = f"at {run.elapsed():.1f} s, after: {run.tail(1)[:70] or '(no output yet)'}"
     if case.at_worker:
@@ -231,15 +232,27 @@ def search_done(runs: list) -> str | None:
     return None
 
 
-def one_try(case: Case, signum: int, at: float, timeout: float, folder: Path) -> tuple[str, str]:
-    """One try in `folder`; where the signal landed, and "" or what went wrong."""
+def one_try(
+    case: Case, signum: int, at: float, timeout: float, folder: Path
+) -> tuple[str, float | None, str]:
+    """One try in `folder`: where the signal landed; the command's run time if it exited before
+    the signal came (an unsignalled run, then); and "" or what went wrong."""
     with command(case.command, folder, "command") as run:
         landed, worker = deliver(run, case, signum, at)
+        unsignalled = None if landed else run.elapsed()
         code, lingering = run.finish(timeout)
+    if landed is None:
+        landed = f"missed: exited at {unsignalled:.1f} s (signal due at {at:.1f} s)"
     if code is None:
-        return landed, f"no exit in {timeout:.0f} s: {run.tail()}"
+        return landed, unsignalled, f"no exit in {timeout:.0f} s: {run.tail()}"
     if lingering:
-        return landed, f"exit {code}, processes still running {LINGER_S:.0f} s later: {lingering}"
+        return landed, unsignalled, f"exit {code}; outlived it by LINGER_S: {lingering}"
+    return landed, unsignalled, judge(case, signum, worker, run, timeout)
+
+
+def judge(case: Case, signum: int, worker: str | None, run: Command, timeout: float) -> str:
+    """What went wrong with a try whose command `run` has exited, if anything (else "")."""
+    code, folder = run.process.returncode, run.log.parent
     runs = all_runs(mlflow_client(folder))
     if case.at_worker:
         others = [
@@ -249,22 +262,22 @@ def one_try(case: Case, signum: int, at: float, timeout: float, folder: Path) ->
             and (worker is None or r.data.tags.get("worker") != worker)
         ]
         if code != 0 or others:
-            return landed, f"the chief exited {code}, runs {describe(others)}: {run.tail()}"
-        return landed, stuck(runs) or search_done(runs) or ""
+            return f"the chief exited {code}, runs {describe(others)}: {run.tail()}"
+        return stuck(runs) or search_done(runs) or ""
     if signum != signal.SIGKILL:
         if problem := stuck(runs):
-            return landed, f"exit {code}, {problem}: {run.tail()}"
+            return f"exit {code}, {problem}: {run.tail()}"
         killed = [r for r in runs if r.info.status == "KILLED"]
         if code == 0 and killed:
-            return landed, f"exit 0 with runs KILLED: {describe(killed)}"
+            return f"exit 0 with runs KILLED: {describe(killed)}"
         if not case.search:
-            return landed, ""
+            return ""
 
     left = {r.info.run_id for r in runs}
     with command(case.rerun, folder, "rerun") as again:
         code, lingering = again.finish(timeout)
     if code != 0 or lingering:
-        return landed, f"rerun exited {code}, lingering {lingering}: {again.tail()}"
+        return f"rerun exited {code}, lingering {lingering}: {again.tail()}"
     runs = all_runs(mlflow_client(folder))
     unsaid = [
         r
@@ -277,8 +290,8 @@ def one_try(case: Case, signum: int, at: float, timeout: float, folder: Path) ->
     if unsaid:
         problem = f"{problem or ''}; KILLED without a failure_reason: {describe(unsaid)}"
     if problem:
-        return landed, f"after the rerun: {problem}"
-    return landed, ""
+        return f"after the rerun: {problem}"
+    return ""
 
 
 def make_template(folder: Path) -> Path:
@@ -336,23 +349,31 @@ def main() -> None:
     rows = []
     try:
         template = make_template(work / "template")
-        timing: dict[tuple[str, ...], float] = {}
+        # Unsignalled run times by command: the calibration's, then those of tries whose
+        # signal came after the exit. Their median sets the window, which so follows the
+        # machine's load (other engineers' work comes and goes over a run of hours).
+        durations: dict[tuple[str, ...], list[float]] = {}
         for name in cases:
-            command_args = CASES[name].command
-            if command_args not in timing:
-                timing[command_args] = calibrate(command_args, template, work / "calibration")
-            print(f"{name}: {timing[command_args]:.1f} s unsignalled", flush=True)
+            args = CASES[name].command
+            if args not in durations:
+                durations[args] = [calibrate(args, template, work / "calibration")]
+            print(f"{name}: {durations[args][0]:.1f} s unsignalled", flush=True)
         for name in cases:
-            case, calibrated = CASES[name], timing[CASES[name].command]
-            timeout = 3 * calibrated + 120  # a stop may take its grace periods (STOP_GRACE_S)
+            case = CASES[name]
             for signame in signals:
                 failures, missed, first = 0, 0, ""
                 for n in range(1, options.tries + 1):
                     folder = work / f"{name}-{signame}-{n}"
                     shutil.copytree(template, folder)
-                    at = random.uniform(0, WINDOW * calibrated)
-                    landed, failure = one_try(case, SIGNALS[signame], at, timeout, folder)
-                    missed += landed.startswith("missed")
+                    estimate = statistics.median(durations[case.command])
+                    at = random.uniform(0, WINDOW * estimate)
+                    timeout = 3 * estimate + 120  # stops may take their grace (STOP_GRACE_S)
+                    landed, unsignalled, failure = one_try(
+                        case, SIGNALS[signame], at, timeout, folder
+                    )
+                    if unsignalled is not None:
+                        durations[case.command].append(unsignalled)
+                        missed += 1
                     print(f"{name} {signame} {n}/{options.tries}: {landed} -> {failure or 'ok'}")
                     if failure:
                         failures += 1
