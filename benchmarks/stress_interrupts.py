@@ -5,9 +5,10 @@
 
 Each case (a train stage, a -m sweep on the basic and on the joblib launcher, a distributed
 search's chief, one of its workers) is run once without a signal to time it, then `--tries`
-times per signal with the signal delivered at a uniform random moment of that time (a quarter
-more, WINDOW, as loaded cores slow a try down; a signal after the exit is "missed"): start-up,
-epochs, trials and the ends of runs all get hit. SIGINT goes to the command's whole process
+times per signal with the signal delivered at a uniform random moment of that time and a
+quarter more (WINDOW): start-up, epochs, trials and the ends of runs all get hit. A signal due
+after the command's exit is "missed", and that run's time joins the calibration's: the window
+is their median, which follows the load of shared cores. SIGINT goes to the command's whole process
 group, as a terminal's Ctrl-C does; SIGTERM and SIGKILL to the one process (for `worker`, every
 signal goes to one worker alone). `--burners` CPU-bound processes run beside it all the time.
 
@@ -374,7 +375,10 @@ def main() -> None:
                     if unsignalled is not None:
                         durations[case.command].append(unsignalled)
                         missed += 1
-                    print(f"{name} {signame} {n}/{options.tries}: {landed} -> {failure or 'ok'}")
+                    outcome = failure or "ok"
+                    print(
+                        f"{name} {signame} {n}/{options.tries}: {landed} -> {outcome}", flush=True
+                    )
                     if failure:
                         failures += 1
                         first = first or f"{failure} [{folder}]"
