@@ -4,11 +4,12 @@
         [--cases stage,sweep-basic,sweep-joblib,chief,worker] [--signals SIGINT,SIGTERM,SIGKILL]
 
 Each case (a train stage, a -m sweep on the basic and on the joblib launcher, a distributed
-search's chief, one of its workers) is run once without a signal to time it, then `--tries`
-times per signal with the signal delivered at a uniform random moment of that time and a
+search's chief, one of its workers) is run once without a signal to time it, then per signal
+until `--tries` signals have landed, each at a uniform random moment of that time and a
 quarter more (WINDOW): start-up, epochs, trials and the ends of runs all get hit. A signal due
-after the command's exit is "missed", and that run's time joins the calibration's: the window
-is their median, which follows the load of shared cores. SIGINT goes to the command's whole process
+after the command's exit (for `worker`: after its workers') is "missed" and tried again, and
+that run's time joins the calibration's: the window is their median, which so follows the
+load of shared cores. SIGINT goes to the command's whole process
 group, as a terminal's Ctrl-C does; SIGTERM and SIGKILL to the one process (for `worker`, every
 signal goes to one worker alone). `--burners` CPU-bound processes run beside it all the time.
 
@@ -326,7 +327,7 @@ def calibrate(args: tuple[str, ...], template: Path, folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tries", type=int, default=20, help="per case and signal")
+    parser.add_argument("--tries", type=int, default=20, help="signals landed per case, signal")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--signals", default=",".join(SIGNALS))
     parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(10**6))
@@ -338,7 +339,8 @@ def main() -> None:
         sys.exit(f"error: unknown {unknown}; cases {list(CASES)}, signals {list(SIGNALS)}")
     random.seed(options.seed)
     print(
-        f"seed {options.seed}, {options.tries} tries per case and signal, {options.burners} burners"
+        f"seed {options.seed}, {options.tries} landed tries per case and signal, "
+        f"{options.burners} burners"
     )
 
     # A SIGTERM to this script unwinds it too, so that its finally blocks kill what it started.
@@ -363,7 +365,11 @@ def main() -> None:
             case = CASES[name]
             for signame in signals:
                 failures, missed, first = 0, 0, ""
-                for n in range(1, options.tries + 1):
+                hits = 0
+                # A missed signal tests nothing: tries go on until `--tries` signals landed
+                # (up to three times as many, so that a case that never lands still ends).
+                while hits < options.tries and hits + missed < 3 * options.tries:
+                    n = hits + missed + 1
                     folder = work / f"{name}-{signame}-{n}"
                     shutil.copytree(template, folder)
                     estimate = statistics.median(durations[case.command])
@@ -372,19 +378,19 @@ def main() -> None:
                     landed, unsignalled, failure = one_try(
                         case, SIGNALS[signame], at, timeout, folder
                     )
-                    if unsignalled is not None:
+                    if unsignalled is None:
+                        hits += 1
+                    else:
                         durations[case.command].append(unsignalled)
                         missed += 1
                     outcome = failure or "ok"
-                    print(
-                        f"{name} {signame} {n}/{options.tries}: {landed} -> {outcome}", flush=True
-                    )
+                    print(f"{name} {signame} try {n}: {landed} -> {outcome}", flush=True)
                     if failure:
                         failures += 1
                         first = first or f"{failure} [{folder}]"
                     else:
                         shutil.rmtree(folder)
-                rows.append((name, signame, options.tries, failures, missed, first))
+                rows.append((name, signame, hits, failures, missed, first))
     finally:
         for burner in burners:
             burner.kill()
