@@ -5,6 +5,7 @@
 #   ./dev.sh repro [dvc repro args]   run the pipeline (dvc repro)
 #   ./dev.sh test [pytest args]       run the test suite
 #   ./dev.sh team-server [options]    MLflow tracking server on PostgreSQL (--help; README)
+#   ./dev.sh docs [serve|build]       the documentation site from docs/ (mkdocs; serve by default)
 #   ./dev.sh <command ...>            run any command inside the environment (dvc, mlflow, python)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,6 +35,8 @@ case "${KERAS_BACKEND:-tensorflow}" in
     exit 1 ;;
 esac
 [ "$command" = test ] && locks+=(requirements-jax.lock)
+# The documentation site's tools: ./dev.sh docs, and the tests, which build it (tests/test_docs.py).
+case "$command" in test | docs) locks+=(requirements-docs.lock) ;; esac
 
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -73,8 +76,19 @@ case "$command" in
   team-server)
     exec python -m pipeline.team_server "$@"
     ;;
+  docs)
+    # serve: http://127.0.0.1:8000, rebuilt on every edit; build: site/, failing on any warning.
+    how=${1:-serve}
+    [ $# -gt 0 ] && shift
+    export NO_MKDOCS_2_WARNING=1  # Material's notice about MkDocs 2, printed on every build
+    case "$how" in
+      serve) exec mkdocs serve "$@" ;;
+      build) exec mkdocs build --strict "$@" ;;
+      *) echo "usage: ./dev.sh docs [serve|build] [mkdocs options]" >&2; exit 2 ;;
+    esac
+    ;;
   "")
-    echo "usage: ./dev.sh repro | test | team-server | <command in the environment>" >&2
+    echo "usage: ./dev.sh repro | test | team-server | docs [serve|build] | <command in the environment>" >&2
     exit 2
     ;;
   *)
