@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.config import CirclesSource, MnistSource, SignDigitsSource
 from pipeline.download import download, fetch_verified
-from pipeline.errors import DataError
+from pipeline.errors import DataError, OutputError
 from pipeline.files import atomic_output
 
 # Where each source sits inside a mirror folder laid out like ../shared/datasets.
@@ -131,6 +131,8 @@ def _sign_files_from_archive(source: SignDigitsSource, archive: Path) -> dict[st
         try:
             with atomic_output(archive) as tmp:
                 download(source.archive_url, tmp)
+        except OutputError:
+            raise
         except DataError as error:
             raise DataError(
                 f"sign_digits archive: {error}; check the network, or set PIPELINE_DATA_MIRROR "

@@ -13,5 +13,9 @@ class DataError(PipelineError):
     """A data file is missing, corrupt or does not match its checksum."""
 
 
+class OutputError(DataError):
+    """An output cannot be written where it goes: no space left, or no permission."""
+
+
 class TrainingError(PipelineError):
     """Training diverged (NaN loss) or could not run."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import numpy as np
 
 from pipeline.config import AugmentConfig, Family, LrSchedule, ModelConfig, Optimizer
 from pipeline.errors import ConfigError, DataError
+from pipeline.files import atomic_output
 
 KERAS_FILE = "model.keras"
 SKLEARN_FILE = "model.joblib"
@@ -259,6 +261,24 @@ def save(net: Any, folder: Path) -> None:
         import joblib
 
         joblib.dump(net, folder / SKLEARN_FILE)
+
+
+def save_weights(net: Any, path: str | Path) -> None:
+    """Keras' `net.save_weights(path)`, whole or not at all (`atomic_output`), through memory:
+    h5py writing the file itself on a full disk crashes the process (a segfault closing it)
+    instead of raising."""
+    import keras
+
+    path = Path(path)
+
+    class Buffer(io.BytesIO):
+        def __str__(self) -> str:  # Keras picks the format by the name's suffix
+            return path.name
+
+    buffer = Buffer()
+    keras.saving.save_weights(net, buffer)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load(folder: Path) -> Any:

@@ -1,8 +1,9 @@
 """MLflow: which store runs go to, the tags every run carries, and runs that end with the stage.
 
-A run that raises ends FAILED (with the reason as the `failure_reason` tag), one interrupted by
-Ctrl-C or SIGTERM ends KILLED; none is left RUNNING. Stages that add to a finished run (evaluate,
-crossval) write to it by id and never reopen it: its status and end time stay its own.
+A run that raises ends FAILED (with the reason as the `failure_reason` tag: a PipelineError's
+one line, else the error's type and message), one interrupted by Ctrl-C or SIGTERM ends KILLED;
+none is left RUNNING. Stages that add to a finished run (evaluate, crossval) write to it by id
+and never reopen it: its status and end time stay its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # A split's parts (Split's x_<part>, y_<part>) and their MLflow dataset contexts.
 SPLIT_PARTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def failure_reason(error: BaseException) -> str:
+    """A failed run's `failure_reason`: the line the stage ends with for a PipelineError, else
+    the error's type and message."""
+    return str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
 
 
 def repo_root() -> Path:
@@ -187,7 +194,7 @@ def run(
         _end_open_runs(active.info.run_id, RunStatus.KILLED, "interrupted")
         raise
     except BaseException as error:
-        _end_open_runs(active.info.run_id, RunStatus.FAILED, f"{type(error).__name__}: {error}")
+        _end_open_runs(active.info.run_id, RunStatus.FAILED, failure_reason(error))
         raise
     if run_id is not None and "failure_reason" in mlflow.get_run(run_id).data.tags:
         # The earlier attempt's reason: the run now ends FINISHED, and a FINISHED run with a

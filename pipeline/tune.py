@@ -17,6 +17,7 @@ With tuner.workers=N, N processes run the trials, served by an oracle in this on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,8 +37,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from pipeline import backend, config, datasets, distributed, models, plots, search_space, tracking
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
-from pipeline.errors import ConfigError, TrainingError
-from pipeline.files import atomic_output, sha256_of, write_json, write_text
+from pipeline.errors import ConfigError, OutputError, TrainingError
+from pipeline.files import atomic_output, sha256_of, write_json, write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def make_tuner(
     backend_tags = backend.tags()
     trial_metrics_every = settings.tracking.sampling(of_trials=True)
 
+    class FolderFailure(OutputError, kt.errors.FatalError):
+        """A write failure in the search folder: it ends the search, not only the trial."""
+
     def trial_settings(hp: Any) -> config.Config:
         return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
 
@@ -89,7 +93,10 @@ def make_tuner(
         def build(self, hp: Any) -> Any:
             trial = trial_settings(hp)
             keras.utils.set_random_seed(settings.tuner.seed)  # every trial starts alike
-            return models.build_keras(trial.model, inputs, data.n_classes)
+            net = models.build_keras(trial.model, inputs, data.n_classes)
+            # How Keras Tuner saves the trial's checkpoints: a full disk is then one line.
+            net.save_weights = functools.partial(models.save_weights, net)
+            return net
 
         def fit(
             self, hp: Any, model: Any, x: Any, y: Any, validation_data: Any = None, **kwargs: Any
@@ -103,12 +110,17 @@ def make_tuner(
 
             def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
                 epochs = kwargs["epochs"] - kwargs.get("initial_epoch", 0)
-                return net.fit(
-                    **batches(fit_x, fit_y, batch_size, seed, epochs),
-                    validation_data=batches(*held_out, batch_size)["x"],
-                    shuffle=False,  # batches() shuffles
-                    **kwargs,
-                )
+                try:
+                    return net.fit(
+                        **batches(fit_x, fit_y, batch_size, seed, epochs),
+                        validation_data=batches(*held_out, batch_size)["x"],
+                        shuffle=False,  # batches() shuffles
+                        **kwargs,
+                    )
+                except OutputError as error:  # a checkpoint that could not be written
+                    # Keras Tuner would take it for a bad trial and go on to the next, which a
+                    # full or read-only folder fails alike.
+                    raise FolderFailure(str(error)) from error
 
             if validation_data is not None:
                 histories = [fit_on(model, x, y, validation_data)]
@@ -448,8 +460,9 @@ def main(cfg: DictConfig) -> None:
         why = why_anew(state, identity)
         if previous_run:
             log.info("starting a new search: %s since search run %s", why, previous_run)
+        # Made again with its state (or its workers' logs), which leaves no empty folder
+        # behind if it cannot be written.
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
 
     data = load_split(split_file)
     tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
@@ -485,12 +498,13 @@ def main(cfg: DictConfig) -> None:
             tracking.log_split(parent_id, split_file, data)
 
         try:
-            if server is None:
-                tuner = search(settings, cfg, params, data, folder, resume=resume)
-            else:
-                tuner = make_tuner(settings, cfg, params, data, folder, resume)
-                timeout = settings.tuner.worker_timeout_s
-                distributed.serve(tuner, server, local, parent_id, timeout)
+            with writing(folder):  # Keras Tuner writes its trials' state there as they go
+                if server is None:
+                    tuner = search(settings, cfg, params, data, folder, resume=resume)
+                else:
+                    tuner = make_tuner(settings, cfg, params, data, folder, resume)
+                    timeout = settings.tuner.worker_timeout_s
+                    distributed.serve(tuner, server, local, parent_id, timeout)
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 

@@ -1,0 +1,184 @@
+"""Faults of the places stages write to: each stops the stage with one line,
+`error: <path>: <what is wrong>; <what to do>`, exit 1, no traceback; nothing half-written stays
+behind, and the stage's MLflow run ends FAILED with that line as its failure_reason.
+
+A full disk is a real 64 KiB tmpfs, a read-only folder a real read-only bind mount, both made
+in a user and mount namespace of the stage's own (`unshare`): they vanish with it, need no
+privileges where user namespaces are allowed, and hold for root too, whom permission bits do
+not stop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, all_runs, mlflow_client, stage_env
+
+from pipeline import files
+
+# Mounted by `in_mount` on its folder, $1.
+MOUNTS = {
+    "full": 'mount -t tmpfs -o size=64k tmpfs "$1"',
+    "read-only": 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"',
+}
+LEFT = "--- left in the mount:"
+UNSHARE = ("unshare", "--user", "--map-root-user", "--mount")
+TRAIN = (
+    "experiment=circles/baseline",
+    "train.epochs=1",
+    "tracking.log_model=false",
+    "tracking.system_metrics=false",
+)
+SEARCH = (
+    "experiment=circles/tuned",
+    "tuner.workers=1",
+    "tuner=random",
+    "tuner.max_trials=1",
+    "tuner.max_epochs=1",
+    "tuner.cv_folds=null",
+    "search_space.model.family=mlp",
+    "tracking.system_metrics=false",
+)
+
+
+@pytest.fixture(scope="session")
+def mounts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skips the test where this machine lets no process mount in a namespace of its own."""
+    probe = tmp_path_factory.mktemp("mount-probe")
+    for kind, mount in MOUNTS.items():
+        try:
+            tried = subprocess.run(
+                [*UNSHARE, "sh", "-c", mount, "sh", str(probe)], capture_output=True, text=True
+            )
+        except FileNotFoundError:
+            pytest.skip("no unshare here (util-linux): a full disk needs a tmpfs of its own")
+        if tried.returncode != 0:
+            pytest.skip(
+                f"cannot mount a {kind} folder in a user and mount namespace here "
+                f"({tried.stderr.strip()}): user namespaces are not allowed"
+            )
+
+
+def in_mount(
+    kind: str, folder: Path, cwd: Path, *command: str, fill: bool = False
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `command` in `cwd` with `folder` mounted `kind` (MOUNTS) for it alone; also what it
+    left in `folder` before the mount went. `fill`: fill the tmpfs first, so that nothing fits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fill_up = 'head -c 64k /dev/zero > "$1/.fill" 2>/dev/null; ' if fill else ""
+    script = (
+        f'{MOUNTS[kind]} || exit 99; {fill_up}dir=$1; shift; "$@"; code=$?; '
+        f'echo "{LEFT}"; find "$dir" -mindepth 1 ! -name .fill; exit $code'
+    )
+    result = subprocess.run(
+        [*UNSHARE, "sh", "-c", script, "sh", str(folder), *command],
+        cwd=cwd,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 99, f"could not mount {folder}: {result.stderr}"
+    return result, result.stdout.rpartition(LEFT)[2].split()
+
+
+def stage(name: str, *overrides: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", f"pipeline.{name}", *overrides, "hydra.run.dir=.")
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The stage's error line, checked to be all it says of the failure: exit 1, no traceback."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    return last.removeprefix("error: ")
+
+
+# ---- writing outputs -------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_training_onto_a_full_disk_fails_its_run_and_leaves_nothing(
+    project: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "full"
+    # A model whose file (weights and optimizer state) does not fit in the 64 KiB.
+    train = stage("train", *TRAIN, "model.hidden_units=[128,128]", f"paths.outputs={out}")
+    result, left = in_mount("full", out, project, *train)
+
+    line = one_line(result)
+    assert line == (
+        f"{out}/models/circles/baseline: no space left on device; "
+        f"free some space on {out} or set paths.outputs to another folder"
+    )
+    assert left == [], "neither a part of the model nor the folders made for it"
+    (run,) = all_runs(mlflow_client(project))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == line
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_splitting_into_a_read_only_folder_fails_in_one_line(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "read-only"
+    result, left = in_mount("read-only", out, project, *stage("split", f"paths.outputs={out}"))
+
+    assert one_line(result) == (
+        f"{out}/data/split/circles.npz: the folder is read-only ({out} is mounted read-only); "
+        "set paths.outputs to another folder"
+    )
+    assert left == []
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_a_search_that_fills_the_disk_stops_at_once_and_fails_its_runs(
+    project: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "full"
+    # Two layers of 128: the first trial's checkpoint alone does not fit.
+    space = ("layers=[2,2]", "units=[128,128]")
+    wide = [f"search_space.model.hidden_units.{value}" for value in space]
+    search = stage("tune", *SEARCH, *wide, f"paths.outputs={out}")
+    result, left = in_mount("full", out, project, *search)
+
+    line = one_line(result)
+    assert line == (
+        f"{out}/models/circles/search/keras_tuner/trial_0/checkpoint.weights.h5: no space left "
+        f"on device; free some space on {out} or set paths.outputs to another folder"
+    )
+    # The search's state stays, to resume from; nothing half-written, no outputs.
+    assert f"{out}/models/circles/search/state.json" in left
+    assert not [path for path in left if ".tmp-" in path or "checkpoint" in path]
+    assert not [path for path in left if "best_hparams" in path or "/reports" in path]
+    runs = {run.info.run_name: run for run in all_runs(mlflow_client(project))}
+    assert set(runs) == {"circles/search", "circles/trial-0"}
+    for run in runs.values():
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"] == line
+
+
+@pytest.mark.usefixtures("mounts")
+def test_a_download_onto_a_full_disk_is_one_line_naming_the_cache(tmp_path: Path) -> None:
+    served = tmp_path / "served/file.gz"  # more than the 64 KiB take
+    served.parent.mkdir()
+    served.write_bytes(np.random.default_rng(0).bytes(200_000))
+    sha256 = files.sha256_of(served)
+    cache = tmp_path / "full"
+    dest = cache / "downloads/file.gz"
+    fetch = (
+        "import sys; from pathlib import Path; from pipeline import download, errors\n"
+        f"try: download.fetch_verified('file.gz', ['{served.parent.as_uri()}'], '{sha256}', "
+        f"Path('{dest}'))\n"
+        "except errors.PipelineError as error: sys.exit(f'error: {error}')"
+    )
+    result, left = in_mount("full", cache, ROOT, sys.executable, "-c", fetch)
+
+    assert one_line(result) == (
+        f"{dest}: no space left on device; free some space on {cache} or set paths.outputs to "
+        "another folder"
+    )
+    assert left == []
