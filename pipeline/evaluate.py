@@ -88,7 +88,8 @@ def main(cfg: DictConfig) -> None:
         # and an evaluate that fails or is killed here leaves it as train left it. The tag
         # comes last, with the metrics, so that it is never there without them.
         run_id = trained["run_id"]
-        mlflow.MlflowClient().log_artifacts(run_id, str(figures), "evaluation")
+        with tracking.store_errors():  # an artifact the store refuses is the store's failure
+            mlflow.MlflowClient().log_artifacts(run_id, str(figures), "evaluation")
         tracking.log_split(run_id, split_file, data, parts=("test",))
         tracking.add_to_run(
             run_id, {**metrics, "final_val_accuracy": val_accuracy}, {"evaluated": "true"}

@@ -90,6 +90,7 @@ def best_run(runs: pd.DataFrame) -> pd.Series:
     return ranked.iloc[0]
 
 
+@tracking.store_errors()
 def register_best(name: str, runs: pd.DataFrame) -> str:
     """Register `best_run(runs)` in the model registry as model `name` (the task's experiment's
     name) with the alias `champion`; returns a line for the report.

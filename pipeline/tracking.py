@@ -2,20 +2,25 @@
 
 A run that raises ends FAILED (with the reason as the `failure_reason` tag: a PipelineError's
 one line, else the error's type and message), one interrupted by Ctrl-C or SIGTERM ends KILLED;
-none is left RUNNING. Stages that add to a finished run (evaluate, crossval) write to it by id
-and never reopen it: its status and end time stay its own.
+none is left RUNNING, unless the store itself takes no more writes. A write the store refuses
+(SQLite's file or disk full or read-only, an artifact that cannot be written) stops the stage
+with one line naming the store (`store_failure`). Stages that add to a finished run (evaluate,
+crossval) write to it by id and never reopen it: its status and end time stay its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
+import logging
 import os
 import re
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +30,7 @@ from mlflow.entities import Metric, RunStatus, RunTag
 
 from pipeline import backend
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_of
+from pipeline.files import sha256_of, write_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,12 +46,86 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # A split's parts (Split's x_<part>, y_<part>) and their MLflow dataset contexts.
 SPLIT_PARTS = {"train": "training", "val": "validation", "test": "test"}
+STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
+# What SQLite says when its file or folder takes no write, and the OSError it stands for.
+SQLITE_REFUSALS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "unable to open database file": errno.EACCES,
+}
+
+log = logging.getLogger(__name__)
+# MLflow logs a failed SQLite statement with its traceback, then raises it: the stage says it
+# once, as one line (store_failure) or as the traceback of what it raised.
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not str(record.msg).startswith("SQLAlchemy database error")
+)
+
+
+def store_failure(error: BaseException) -> PipelineError | None:
+    """The one line for a write the MLflow store refused, naming the store's file (mlflow.db:
+    full or read-only) or artifact folder (mlartifacts/, for an OSError raised in MLflow's
+    artifact repository) and the fix; None for any other error."""
+    uri = mlflow.get_tracking_uri()
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    link: BaseException | None = error
+    while link is not None and not isinstance(link, PipelineError):
+        said = [code for say, code in SQLITE_REFUSALS.items() if say in str(link).lower()]
+        # "unable to open" also means a folder that is not there: no refusal of the place.
+        if database is not None and said and (said[0] != errno.EACCES or _unwritable(database)):
+            return write_failure(database, OSError(said[0], str(link)), STORE_ELSEWHERE)
+        if isinstance(link, OSError) and _raised_in("mlflow.store.artifact", link):
+            target = link.filename2 or link.filename
+            folder = database.parent / ARTIFACTS_FOLDER if database else Path(target or ".")
+            return write_failure(folder, link, STORE_ELSEWHERE)
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _unwritable(database: Path) -> bool:
+    return database.parent.is_dir() and not os.access(database.parent, os.W_OK)
+
+
+def _raised_in(package: str, error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith(package):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn a write the MLflow store refused in the block (or the decorated function) into its
+    one line (`store_failure`)."""
+    try:
+        yield
+    except Exception as error:
+        failure = store_failure(error)
+        if failure is None:
+            raise
+        raise failure from error
 
 
 def failure_reason(error: BaseException) -> str:
-    """A failed run's `failure_reason`: the line the stage ends with for a PipelineError, else
-    the error's type and message."""
+    """A failed run's `failure_reason`: the line the stage ends with for a PipelineError (a
+    refused store write included), else the error's type and message."""
+    error = store_failure(error) or error
     return str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+
+
+def _with_store_errors(
+    generator: Callable[..., Iterator[Any]],
+) -> Callable[..., Iterator[Any]]:
+    """`store_errors` around a generator's every step: a run's start and end write too."""
+
+    @functools.wraps(generator)
+    def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with store_errors():
+            return (yield from generator(*args, **kwargs))
+
+    return steps
 
 
 def repo_root() -> Path:
@@ -72,6 +151,7 @@ def experiment_name(task: str, prefix: str = "") -> str:
     return prefix + task
 
 
+@store_errors()
 def connect(uri: str) -> None:
     """Point MLflow at store `uri`. A tracking server that does not answer stops the stage at
     once with one line: MLflow itself would retry for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
@@ -132,6 +212,7 @@ def open_sqlite_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@store_errors()
 def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "") -> str:
     """Point MLflow at the store and at task `task`'s experiment (`experiment_name`, returned).
     A new experiment in an SQLite store keeps its artifacts in mlartifacts/ beside the database
@@ -170,6 +251,7 @@ def system_metrics(every_seconds: float | None) -> bool:
 
 
 @contextmanager
+@_with_store_errors
 def run(
     name: str,
     tags: dict[str, str],
@@ -217,6 +299,7 @@ def require_run(run_id: str, named_in: Path) -> None:
         ) from error
 
 
+@store_errors()
 def add_to_run(
     run_id: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
 ) -> None:
@@ -230,6 +313,7 @@ def add_to_run(
     )
 
 
+@store_errors()
 def log_split(
     run_id: str, split_file: Path, data: Split, parts: Sequence[str] = ("train", "val")
 ) -> None:
@@ -292,10 +376,24 @@ def content_digest(*arrays: np.ndarray) -> str:
 
 
 def _end_open_runs(outer_id: str, status: int, reason: str) -> None:
-    """End run `outer_id` and any run still open inside it (a trial cut short with its search)."""
+    """End run `outer_id` and any run still open inside it (a trial cut short with its search).
+    A store that takes no more writes keeps them RUNNING: the stage's own error, not the
+    store's refusal to record it, is what the stage ends with."""
     while (current := mlflow.active_run()) is not None:
-        mlflow.set_tag("failure_reason", reason[:5000])
-        mlflow.end_run(RunStatus.to_string(status))
+        refused = None
+        # end_run takes the run off MLflow's stack before it writes: tried whatever set_tag did.
+        for write in (
+            functools.partial(mlflow.set_tag, "failure_reason", reason[:5000]),
+            functools.partial(mlflow.end_run, RunStatus.to_string(status)),
+        ):
+            try:
+                write()
+            except Exception as error:
+                refused = store_failure(error)
+                if refused is None:
+                    raise
+        if refused is not None:
+            log.warning("run %s is left RUNNING: %s", current.info.run_id, refused)
         if current.info.run_id == outer_id:
             break
 

@@ -542,9 +542,10 @@ def main(cfg: DictConfig) -> None:
             )
             with atomic_output(outputs["trials.csv"]) as tmp:
                 trials.to_csv(tmp, index=False)
-            mlflow.log_artifact(str(outputs["trials.csv"]))
-            mlflow.log_artifacts(str(figures), "figures")
-            mlflow.log_text(best_yaml, "best_hparams.yaml")
+            with tracking.store_errors():  # an artifact the store refuses is the store's failure
+                mlflow.log_artifact(str(outputs["trials.csv"]))
+                mlflow.log_artifacts(str(figures), "figures")
+                mlflow.log_text(best_yaml, "best_hparams.yaml")
             write_text(outputs["best_hparams.yaml"], best_yaml)
         save_outputs(outputs, folder / KEPT_FOLDER)
     # Only once its run has ended FINISHED: a search killed before that resumes instead.

@@ -182,3 +182,53 @@ def test_a_download_onto_a_full_disk_is_one_line_naming_the_cache(tmp_path: Path
         "another folder"
     )
     assert left == []
+
+
+# ---- writing to the MLflow store ------------------------------------------------------------
+
+STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_an_mlflow_store_on_a_full_disk_fails_in_one_line_naming_it(
+    project: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    train = stage("train", *TRAIN, f"tracking.uri=sqlite:///{store}/mlflow.db")
+    result, _ = in_mount("full", store, project, *train, fill=True)
+
+    assert one_line(result) == (
+        f"{store}/mlflow.db: no space left on device; free some space on {store} or "
+        f"{STORE_ELSEWHERE}"
+    )
+    assert not (project / "models").exists()
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_a_read_only_mlflow_store_fails_in_one_line_naming_it(
+    project: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    mlflow_client(store).search_experiments()  # a store with its tables, read-only below
+    train = stage("train", *TRAIN, f"tracking.uri=sqlite:///{store}/mlflow.db")
+    result, _ = in_mount("read-only", store, project, *train)
+
+    assert one_line(result) == (
+        f"{store}/mlflow.db: the folder is read-only ({store} is mounted read-only); "
+        f"{STORE_ELSEWHERE}"
+    )
+
+
+@pytest.mark.usefixtures("mounts", "circles_split")
+def test_an_artifact_store_on_a_full_disk_fails_the_run_naming_it(project: Path) -> None:
+    artifacts = project / "mlartifacts"  # beside the project's mlflow.db, which has room
+    result, _ = in_mount("full", artifacts, project, *stage("train", *TRAIN), fill=True)
+
+    line = one_line(result)
+    assert line == (
+        f"{artifacts}: no space left on device; free some space on {artifacts} or {STORE_ELSEWHERE}"
+    )
+    (run,) = all_runs(mlflow_client(project))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == line
