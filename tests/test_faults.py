@@ -1,24 +1,30 @@
-"""Faults of the places stages write to: each stops the stage with one line,
-`error: <path>: <what is wrong>; <what to do>`, exit 1, no traceback; nothing half-written stays
-behind, and the stage's MLflow run ends FAILED with that line as its failure_reason.
+"""Faults of the places stages write to and of the files they read: each stops the stage with
+one line, `error: <path>: <what is wrong>; <what to do>`, exit 1, no traceback; nothing
+half-written stays behind, and the stage's MLflow run ends FAILED with that line as its
+failure_reason.
 
 A full disk is a real 64 KiB tmpfs, a read-only folder a real read-only bind mount, both made
 in a user and mount namespace of the stage's own (`unshare`): they vanish with it, need no
 privileges where user namespaces are allowed, and hold for root too, whom permission bits do
 not stop.
+
+Read faults are checked in-process, on files written by the pipeline's own code.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT, all_runs, mlflow_client, stage_env
 
-from pipeline import files
+from pipeline import datasets, files
+from pipeline.errors import DataError
 
 # Mounted by `in_mount` on its folder, $1.
 MOUNTS = {
@@ -232,3 +238,59 @@ def test_an_artifact_store_on_a_full_disk_fails_the_run_naming_it(project: Path)
     (run,) = all_runs(mlflow_client(project))
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == line
+
+
+# ---- reading -----------------------------------------------------------------------------
+
+DAMAGED = "(truncated or written by something else)"
+
+
+def damage(path: Path, how: str) -> None:
+    """Do to file `path` what a fault does: cut it short (a full disk, a copy killed part way),
+    put another kind of file in its place, or delete it."""
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: min(300, path.stat().st_size // 2)])
+    elif how == "cut at a line end":  # text that still parses, to less of it
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:-1]))
+    elif how == "foreign":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    elif how == "missing":
+        path.unlink()
+    else:
+        raise ValueError(how)
+
+
+def not_a(path: Path, what: str, stage_name: str) -> str:
+    return f"{path}: not {what} {DAMAGED}; run `dvc repro {stage_name}` to make it again"
+
+
+def no_such(path: Path, stage_name: str) -> str:
+    return f"{path}: no such file; run `dvc repro {stage_name}` to make it"
+
+
+def data_error(read: Callable[..., object], *args: object) -> str:
+    """What `read(*args)` says, as the DataError it must raise."""
+    with pytest.raises(DataError) as caught:
+        read(*args)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("how", ["truncated", "foreign", "other arrays", "missing"])
+@pytest.mark.parametrize("kind", ["split", "raw"])
+def test_a_damaged_split_or_raw_file_is_one_line(circles_split: Path, kind: str, how: str) -> None:
+    raw = circles_split.parents[1] / "raw/circles.npz"
+    path, other = (circles_split, raw) if kind == "split" else (raw, circles_split)
+    if how == "other arrays":  # a .npz of another kind: the raw file in the split's place
+        shutil.copyfile(other, path)
+    else:
+        damage(path, how)
+
+    if kind == "split":
+        message = data_error(datasets.load_split, path)
+        what, stage_name = "a split file", "split@circles"
+    else:
+        message = data_error(datasets.load_raw, path, "circles")
+        what, stage_name = "a raw data file", "fetch@circles"
+    expected = no_such(path, stage_name) if how == "missing" else not_a(path, what, stage_name)
+    assert message == expected
