@@ -10,7 +10,6 @@ the MLflow model registry under the task's name, with the alias `champion`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -42,9 +41,9 @@ COLUMNS = {
 def task_runs(task: str, experiment: str, models_dir: Path) -> pd.DataFrame:
     """The MLflow runs behind the task's current models, one row per variant."""
     run_ids = {
-        folder.name: json.loads((folder / "run.json").read_text())["run_id"]
+        folder.name: models.read_run(folder)["run_id"]
         for folder in sorted(models_dir.glob(f"{task}/*"))
-        if (folder / "run.json").exists()
+        if (folder / models.RUN_FILE).exists()
     }
     if not run_ids:
         return pd.DataFrame()
@@ -140,7 +139,9 @@ def task_section(task: str, settings: config.ReportConfig, figures: Path) -> str
         for variant in runs["variant"]
     }
     histories = {
-        variant: pd.read_csv(path) for variant, path in curve_files.items() if path.exists()
+        variant: models.read_history(path, models.stage_of("evaluate", task, variant))
+        for variant, path in curve_files.items()
+        if path.exists()
     }
     curves = figures / f"{task}_learning_curves.png"
     plots.learning_curves(histories, curves, f"{task}: learning curves")

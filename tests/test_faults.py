@@ -20,10 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ROOT, all_runs, mlflow_client, stage_env
 
-from pipeline import datasets, files
+from pipeline import config, datasets, files, models
 from pipeline.errors import DataError
 
 # Mounted by `in_mount` on its folder, $1.
@@ -294,3 +295,70 @@ def test_a_damaged_split_or_raw_file_is_one_line(circles_split: Path, kind: str,
         what, stage_name = "a raw data file", "fetch@circles"
     expected = no_such(path, stage_name) if how == "missing" else not_a(path, what, stage_name)
     assert message == expected
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/circles/ as train leaves it: a Keras baseline and a scikit-learn logreg, each with
+    its run.json and history.csv."""
+    root = tmp_path_factory.mktemp("trained") / "models/circles"
+    x = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.uint8)
+    spec = models.Inputs((2,))
+    sklearn = config.ModelConfig(family=config.Family.sklearn_logreg)
+    nets = {
+        "baseline": models.build_keras(config.ModelConfig(hidden_units=[4]), spec, 2),
+        "logreg": models.build_sklearn(sklearn, spec, 20, 0).fit(x, y),
+    }
+    nets["baseline"].fit(x, y, epochs=1, verbose=0)  # so that it has an optimizer state
+    history = pd.DataFrame(
+        {"epoch": [1, 2], "loss": [0.7, 0.6], "accuracy": [0.5, 0.6]}
+        | {"val_loss": [0.7, 0.65], "val_accuracy": [0.5, 0.55]}
+    )
+    for variant, net in nets.items():
+        folder = root / variant
+        folder.mkdir(parents=True)
+        models.save(net, folder)
+        history.to_csv(folder / "history.csv", index=False)
+        files.write_json(folder / "run.json", {"run_id": "0" * 32, "epochs_trained": 2})
+    return root
+
+
+def read_model_folder(folder: Path) -> None:
+    """Read model folder `folder` whole, as evaluate does: the history as long as run.json says
+    training went."""
+    models.load(folder)
+    epochs = models.read_run(folder)["epochs_trained"]
+    models.read_history(folder / "history.csv", f"train@circles-{folder.name}", epochs)
+
+
+# The files of a model folder: the variant that has it, and what it should be.
+MODEL_FILES = {
+    "model.keras": ("baseline", "a saved Keras model"),
+    "model.joblib": ("logreg", "a saved model"),
+    "run.json": ("baseline", "a trained model's run file"),
+    "history.csv": ("baseline", "a training history"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [(name, how) for name in MODEL_FILES for how in ("truncated", "foreign", "missing")]
+    + [("history.csv", "cut at a line end")],  # only a CSV parses cut short, to fewer epochs
+)
+def test_a_damaged_model_folder_is_one_line(
+    trained: Path, tmp_path: Path, name: str, how: str
+) -> None:
+    variant, what = MODEL_FILES[name]
+    folder = tmp_path / "models/circles" / variant
+    shutil.copytree(trained / variant, folder)
+    damage(folder / name, how)
+
+    stage_name = f"train@circles-{variant}"
+    if how != "missing":
+        expected = not_a(folder / name, what, stage_name)
+    elif name.startswith("model."):
+        expected = f"{folder}: holds no trained model; run `dvc repro {stage_name}` to make it"
+    else:
+        expected = no_such(folder / name, stage_name)
+    assert data_error(read_model_folder, folder) == expected
