@@ -28,6 +28,7 @@ from pipeline.errors import OutputError
 NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 OUTPUTS_ELSEWHERE = "set paths.outputs to another folder"
+SEAL = "# sha256 of the lines below: "
 
 
 def write_failure(
@@ -149,6 +150,22 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
             member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with bundle.open(member, "w", force_zip64=True) as handle:
                 np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
+
+
+def sealed(text: str) -> str:
+    """`text` after a comment line holding its SHA-256, so that a reader can tell whether it
+    has all of it (`seal_holds`): a text file cut short often still parses."""
+    return f"{SEAL}{hashlib.sha256(text.encode()).hexdigest()}\n{text}"
+
+
+def seal_holds(text: str) -> bool | None:
+    """Whether the lines after `sealed`'s comment line are the ones it was written with; None
+    for text without one (written by hand, or before files were sealed)."""
+    _, found, rest = text.partition(SEAL)
+    if not found:
+        return None
+    digest, _, body = rest.partition("\n")
+    return hashlib.sha256(body.encode()).hexdigest() == digest
 
 
 def sha256_of(path: str | Path) -> str:

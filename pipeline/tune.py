@@ -38,7 +38,7 @@ from pipeline import backend, config, datasets, distributed, models, plots, sear
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
 from pipeline.errors import ConfigError, OutputError, TrainingError
-from pipeline.files import atomic_output, sha256_of, write_json, write_text, writing
+from pipeline.files import atomic_output, sealed, sha256_of, write_json, write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +530,10 @@ def main(cfg: DictConfig) -> None:
             f"{best[0].score:.4f} {scored_on}.\n# MLflow: search run {parent_id}, "
             f"trial {best[0].trial_id}. Written by `tune`; read by `train` (train.hparams_file).\n"
         )
-        best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
+        # Sealed: YAML cut short at a line end still parses, to fewer values (with_hparams).
+        best_yaml = header + sealed(
+            yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
+        )
         with atomic_output(outputs["figures"]) as figures:
             figures.mkdir()
             hp_columns = [p.path for p in params if p.spec]

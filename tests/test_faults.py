@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, all_runs, mlflow_client, stage_env
+import yaml
+from conftest import ROOT, all_runs, compose_config, mlflow_client, stage_env
 
-from pipeline import config, datasets, files, models
+from pipeline import config, datasets, files, models, training
 from pipeline.errors import DataError
 
 # Mounted by `in_mount` on its folder, $1.
@@ -362,3 +363,26 @@ def test_a_damaged_model_folder_is_one_line(
     else:
         expected = no_such(folder / name, stage_name)
     assert data_error(read_model_folder, folder) == expected
+
+
+@pytest.mark.parametrize("how", ["cut at a line end", "foreign", "missing"])
+def test_a_damaged_hyperparameters_file_is_one_line(tmp_path: Path, how: str) -> None:
+    paths = (f"paths.inputs={tmp_path}", f"paths.outputs={tmp_path}")
+    cfg = compose_config(overrides=("experiment=circles/tuned", *paths))
+    path = tmp_path / "models/circles/best_hparams.yaml"
+    values = {"model": {"dropout": 0.1, "hidden_units": [16, 32]}, "train": {"batch_size": 8}}
+    # As tune writes it: a header, then the values sealed with their sha256.
+    files.write_text(path, "# Best of 3 trials.\n" + files.sealed(yaml.safe_dump(values)))
+    assert training.with_hparams(cfg).model.hidden_units == [16, 32]
+
+    damage(path, how)
+    expected = {
+        "cut at a line end": (
+            f"{path}: its values do not match the sha256 line above them (truncated, or edited "
+            "by hand); run `dvc repro tune@circles` to make it again, or delete that line to "
+            "keep an edit"
+        ),
+        "foreign": not_a(path, "a hyperparameters file", "tune@circles"),
+        "missing": no_such(path, "tune@circles"),
+    }[how]
+    assert data_error(training.with_hparams, cfg) == expected
