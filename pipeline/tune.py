@@ -9,7 +9,9 @@ which `train` reads for the tuned model, and reports/<task>/search/ (all trials 
 models/<task>/search/ keeps the tuner's state: a search killed part way resumes from it,
 without redoing finished trials. A search is known by its identity (the config it reads, the
 data, the code of its models); another identity starts a new search and MLflow run, while a
-finished search run again writes its kept outputs anew, searching nothing.
+finished search run again writes its kept outputs anew, searching nothing. A state that cannot
+be read (cut short by a full disk, or not written by this stage) starts a new search too, as no
+state does (`read_state`).
 
 With tuner.workers=N, N processes run the trials, served by an oracle in this one
 (pipeline/distributed.py); the search, its run and its outputs are the same.
@@ -37,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from pipeline import backend, config, datasets, distributed, models, plots, search_space, tracking
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
-from pipeline.errors import ConfigError, OutputError, TrainingError
+from pipeline.errors import DAMAGED, ConfigError, OutputError, TrainingError, unreadable
 from pipeline.files import atomic_output, sealed, sha256_of, write_json, write_text, writing
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ SEARCH_READS = (
 )  # fmt: skip
 STATE_FILE = "state.json"  # in the search folder: the search's identity, MLflow run, progress
 KEPT_FOLDER = "outputs"  # in the search folder: copies of a finished search's outputs
+TUNER_FOLDER = "keras_tuner"  # in the search folder: Keras Tuner's project
+UNREADABLE = "unreadable"  # read_state's key for why a state could not be read
 
 
 def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +199,7 @@ def make_tuner(
     role = distributed.role(tuner_cfg.workers)
     mixins = (distributed.Worker,) * (role == "worker") + (TrialRuns,) * track
     tuner_class = type(f"Tracked{base.__name__}", (*mixins, base), {}) if mixins else base
-    project = folder / "keras_tuner"
+    project = folder / TUNER_FOLDER
     tuner_id = os.environ.get(distributed.TUNER_ID, "tuner0")  # as Keras Tuner names it
     # Keras Tuner reloads its oracle only from the state file of the same tuner id: a chief
     # resuming a search run by one process (or the other way round) would start afresh.
@@ -205,17 +209,25 @@ def make_tuner(
         and (project / "oracle.json").exists()
         and not (project / f"{tuner_id}.json").exists()
     )
-    tuner = tuner_class(
-        hypermodel=SearchModel(),
-        objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
-        seed=tuner_cfg.seed,
-        directory=str(folder),
-        project_name="keras_tuner",
-        overwrite=not resume,
-        **options,
-    )
-    if reload_oracle:
-        tuner.oracle.reload()
+    try:
+        tuner = tuner_class(
+            hypermodel=SearchModel(),
+            objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
+            seed=tuner_cfg.seed,
+            directory=str(folder),
+            project_name=TUNER_FOLDER,
+            overwrite=not resume,
+            **options,
+        )
+        if reload_oracle:
+            tuner.oracle.reload()
+    # JSON that parses (`unreadable_tuner_file` let it through) but is not Keras Tuner's state:
+    # not written by this stage, so it is left for the user to look at.
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        if not resume:
+            raise
+        fix = f"delete {folder} to start the search anew"
+        raise unreadable(project, "the state of a Keras Tuner search", fix) from None
     return tuner
 
 
@@ -330,14 +342,19 @@ def identity_tags(identity: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
+def why_anew(state: dict[str, Any], identity: dict[str, Any], folder: Path) -> str:
     """Why the search in a folder's state is not carried on, in words for the log and MLflow."""
+    if UNREADABLE in state:
+        return state[UNREADABLE]
     old = state.get("identity", {})
     if not old:
         return "its state records no identity"
     if old["digest"] == identity["digest"]:
         if state.get("finished"):
             return "the finished search's kept outputs are missing"
+        broken = unreadable_tuner_file(folder)
+        if broken is not None:
+            return f"its tuner state {broken} is unreadable ({DAMAGED})"
         return "the interrupted search left no tuner state to resume"
     changes = [part for part in ("config", "data") if old.get(part) != identity[part]]
     old_code, code = old.get("code", {}), identity["code"]
@@ -348,8 +365,39 @@ def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
 
 
 def read_state(folder: Path) -> dict[str, Any]:
+    """The state of the search in `folder`: {} if there is none.
+
+    One that cannot be read (cut short, or not a state this stage wrote) is taken for none, so
+    the search starts anew, as a user deleting the folder would have it do: the folder serves
+    only to resume its search, and no search can be resumed from a state that cannot be read.
+    The state is {UNREADABLE: why} then, for the log. The same goes for Keras Tuner's own
+    files there (`unreadable_tuner_file`), which it writes in place: a full disk cuts them short.
+    """
     state_file = folder / STATE_FILE
-    return json.loads(state_file.read_text()) if state_file.exists() else {}
+    if not state_file.exists():
+        return {}
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError:  # not JSON, or not text
+        state = None
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("identity"), dict)
+        or not isinstance(state["identity"].get("digest"), str)
+        or not isinstance(state.get("parent_run_id"), str)
+    ):
+        return {UNREADABLE: f"{state_file} is unreadable ({DAMAGED})"}
+    return state
+
+
+def unreadable_tuner_file(folder: Path) -> Path | None:
+    """The first of Keras Tuner's state files in search folder `folder` that is not JSON."""
+    for path in sorted((folder / TUNER_FOLDER).rglob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            return path
+    return None
 
 
 def can_resume(state: dict[str, Any], identity: dict[str, Any], folder: Path) -> bool:
@@ -358,7 +406,8 @@ def can_resume(state: dict[str, Any], identity: dict[str, Any], folder: Path) ->
     return (
         state.get("identity", {}).get("digest") == identity["digest"]
         and not state.get("finished")
-        and (folder / "keras_tuner" / "oracle.json").exists()
+        and (folder / TUNER_FOLDER / "oracle.json").exists()
+        and unreadable_tuner_file(folder) is None
     )
 
 
@@ -457,9 +506,11 @@ def main(cfg: DictConfig) -> None:
     resume = can_resume(state, identity, folder)
     previous_run = state.get("parent_run_id")
     if not resume:
-        why = why_anew(state, identity)
+        why = why_anew(state, identity, folder)
         if previous_run:
             log.info("starting a new search: %s since search run %s", why, previous_run)
+        elif state:
+            log.warning("starting a new search: %s", why)
         # Made again with its state (or its workers' logs), which leaves no empty folder
         # behind if it cannot be written.
         shutil.rmtree(folder, ignore_errors=True)

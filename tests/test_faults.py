@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, all_runs, compose_config, mlflow_client, stage_env
+from omegaconf import DictConfig
 
-from pipeline import config, datasets, files, models, training
+from pipeline import config, datasets, files, models, search_space, training, tune
 from pipeline.errors import DataError
 
 # Mounted by `in_mount` on its folder, $1.
@@ -386,3 +388,77 @@ def test_a_damaged_hyperparameters_file_is_one_line(tmp_path: Path, how: str) ->
         "missing": no_such(path, "tune@circles"),
     }[how]
     assert data_error(training.with_hparams, cfg) == expected
+
+
+@dataclass
+class Search:
+    """A search folder and what `tune` reads with it."""
+
+    settings: config.Config
+    cfg: DictConfig
+    data: datasets.Split
+    folder: Path
+    identity: dict
+
+    def resumes(self) -> bool:
+        """Whether `tune` would resume this search (and Keras Tuner reload it)."""
+        state = tune.read_state(self.folder)
+        if not tune.can_resume(state, self.identity, self.folder):
+            return False
+        params = search_space.parse(self.settings.search_space)
+        args = (self.settings, self.cfg, params, self.data, self.folder)
+        tune.make_tuner(*args, resume=True, track=False)
+        return True
+
+    def why_anew(self) -> str:
+        return tune.why_anew(tune.read_state(self.folder), self.identity, self.folder)
+
+
+@pytest.fixture(scope="module")
+def search_folder(tmp_path_factory: pytest.TempPathFactory, circles_data: Path) -> Path:
+    """The folder of a one-trial search by the real tuner, searched once for the tests here."""
+    cfg = compose_config(overrides=SEARCH)
+    settings = config.load(cfg)
+    folder = tmp_path_factory.mktemp("search") / "search"
+    data = datasets.load_split(circles_data / "split/circles.npz")
+    params = search_space.parse(settings.search_space)
+    tune.search(settings, cfg, params, data, folder, resume=False, track=False)
+    return folder
+
+
+@pytest.fixture
+def searched(search_folder: Path, circles_data: Path, tmp_path: Path) -> Search:
+    """A copy of `search_folder` with the state `tune` gives a search while it runs: one to
+    resume."""
+    cfg = compose_config(overrides=SEARCH)
+    split_file = circles_data / "split/circles.npz"
+    identity = tune.search_identity(cfg, split_file)
+    search = Search(config.load(cfg), cfg, datasets.load_split(split_file), tmp_path, identity)
+    shutil.copytree(search_folder, search.folder, dirs_exist_ok=True)
+    state = {"identity": identity, "parent_run_id": "0" * 32, "finished": False}
+    files.write_json(search.folder / tune.STATE_FILE, state)
+    return search
+
+
+@pytest.mark.parametrize("how", ["truncated", "foreign"])
+def test_a_damaged_search_state_starts_the_search_anew_saying_why(
+    searched: Search, how: str
+) -> None:
+    assert searched.resumes()
+    for path in (
+        searched.folder / "keras_tuner/trial_0/trial.json",
+        searched.folder / "state.json",
+    ):
+        damage(path, how)
+        assert not searched.resumes(), path
+        assert searched.why_anew().endswith(f"{path} is unreadable {DAMAGED}")
+
+
+def test_tuner_state_that_is_json_but_not_keras_tuners_is_one_line(searched: Search) -> None:
+    project = searched.folder / "keras_tuner"
+    (project / "oracle.json").write_text("{}")
+
+    assert data_error(searched.resumes) == (
+        f"{project}: not the state of a Keras Tuner search {DAMAGED}; "
+        f"delete {searched.folder} to start the search anew"
+    )
