@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,16 @@ def stage(name: str, *overrides: str) -> tuple[str, ...]:
     return (sys.executable, "-m", f"pipeline.{name}", *overrides, "hydra.run.dir=.")
 
 
+def python(code: str) -> tuple[str, ...]:
+    """`python -c code`, ending as a stage does on a PipelineError: its line, exit 1."""
+    wrapped = (
+        "import sys\nfrom pipeline.errors import PipelineError\ntry:\n"
+        + textwrap.indent(textwrap.dedent(code), "    ")
+        + "except PipelineError as error:\n    sys.exit(f'error: {error}')\n"
+    )
+    return (sys.executable, "-c", wrapped)
+
+
 def one_line(result: subprocess.CompletedProcess) -> str:
     """The stage's error line, checked to be all it says of the failure: exit 1, no traceback."""
     assert result.returncode == 1, result.stderr[-3000:]
@@ -179,13 +190,12 @@ def test_a_download_onto_a_full_disk_is_one_line_naming_the_cache(tmp_path: Path
     sha256 = files.sha256_of(served)
     cache = tmp_path / "full"
     dest = cache / "downloads/file.gz"
-    fetch = (
-        "import sys; from pathlib import Path; from pipeline import download, errors\n"
-        f"try: download.fetch_verified('file.gz', ['{served.parent.as_uri()}'], '{sha256}', "
-        f"Path('{dest}'))\n"
-        "except errors.PipelineError as error: sys.exit(f'error: {error}')"
-    )
-    result, left = in_mount("full", cache, ROOT, sys.executable, "-c", fetch)
+    fetch = f"""
+        from pathlib import Path
+        from pipeline import download
+        download.fetch_verified("file.gz", ["{served.parent.as_uri()}"], "{sha256}", Path("{dest}"))
+    """
+    result, left = in_mount("full", cache, ROOT, *python(fetch))
 
     assert one_line(result) == (
         f"{dest}: no space left on device; free some space on {cache} or set paths.outputs to "
@@ -199,23 +209,34 @@ def test_a_download_onto_a_full_disk_is_one_line_naming_the_cache(tmp_path: Path
 STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
 
 
-@pytest.mark.usefixtures("mounts", "circles_split")
+def tracked_run(uri: str | None = None) -> tuple[str, ...]:
+    """A run as a stage makes it (tracking.run), logging an artifact, in store `uri` (None: the
+    repository's): seconds, where a train stage would first import Keras."""
+    return python(f"""
+        import mlflow
+        from pipeline import tracking
+        tracking.use_experiment("circles", {uri!r})
+        with tracking.run("circles/baseline", {{}}):
+            mlflow.log_text("logged", "config.yaml")
+    """)
+
+
+@pytest.mark.usefixtures("mounts")
 def test_an_mlflow_store_on_a_full_disk_fails_in_one_line_naming_it(
     project: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    train = stage("train", *TRAIN, f"tracking.uri=sqlite:///{store}/mlflow.db")
-    result, _ = in_mount("full", store, project, *train, fill=True)
+    uri = f"sqlite:///{store}/mlflow.db"
+    result, _ = in_mount("full", store, project, *tracked_run(uri), fill=True)
 
     assert one_line(result) == (
         f"{store}/mlflow.db: no space left on device; free some space on {store} or "
         f"{STORE_ELSEWHERE}"
     )
-    assert not (project / "models").exists()
 
 
 @pytest.mark.usefixtures("mounts", "circles_split")
-def test_a_read_only_mlflow_store_fails_in_one_line_naming_it(
+def test_training_into_a_read_only_mlflow_store_fails_in_one_line_naming_it(
     project: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
@@ -228,12 +249,13 @@ def test_a_read_only_mlflow_store_fails_in_one_line_naming_it(
         f"{store}/mlflow.db: the folder is read-only ({store} is mounted read-only); "
         f"{STORE_ELSEWHERE}"
     )
+    assert not (project / "models").exists()
 
 
-@pytest.mark.usefixtures("mounts", "circles_split")
+@pytest.mark.usefixtures("mounts")
 def test_an_artifact_store_on_a_full_disk_fails_the_run_naming_it(project: Path) -> None:
     artifacts = project / "mlartifacts"  # beside the project's mlflow.db, which has room
-    result, _ = in_mount("full", artifacts, project, *stage("train", *TRAIN), fill=True)
+    result, _ = in_mount("full", artifacts, project, *tracked_run(), fill=True)
 
     line = one_line(result)
     assert line == (
