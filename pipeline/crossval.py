@@ -14,7 +14,6 @@ the chosen configuration does, as the tutorials' `cross_val_score` did.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -56,10 +55,10 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(training.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
-    run_file = settings.paths.read.model_dir(task, variant) / "run.json"
-    trained = json.loads(run_file.read_text())
+    model_dir = settings.paths.read.model_dir(task, variant)
+    trained = models.read_run(model_dir)
     tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
-    tracking.require_run(trained["run_id"], run_file)
+    tracking.require_run(trained["run_id"], model_dir / models.RUN_FILE)
     data = load_split(settings.paths.read.split_file(task))
     accuracies = fold_accuracies(settings, data)
     result = {

@@ -13,7 +13,7 @@ import hashlib
 import io
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ import numpy as np
 
 from pipeline.config import CirclesSource, MnistSource, SignDigitsSource
 from pipeline.download import download, fetch_verified
-from pipeline.errors import DataError
+from pipeline.errors import DataError, OutputError, missing, remake, unreadable
 from pipeline.files import atomic_output
 
+SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
+RAW_ARRAYS = ("x", "y")
 # Where each source sits inside a mirror folder laid out like ../shared/datasets.
 MIRROR_FOLDERS = {"mnist": "mnist", "sign_digits": "sign_language_digits"}
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3
@@ -131,6 +133,8 @@ def _sign_files_from_archive(source: SignDigitsSource, archive: Path) -> dict[st
         try:
             with atomic_output(archive) as tmp:
                 download(source.archive_url, tmp)
+        except OutputError:
+            raise
         except DataError as error:
             raise DataError(
                 f"sign_digits archive: {error}; check the network, or set PIPELINE_DATA_MIRROR "
@@ -279,12 +283,31 @@ def batches(
     return {"x": Batches()}
 
 
+def read_arrays(path: Path, names: Iterable[str], what: str, stage: str) -> dict[str, np.ndarray]:
+    """Every array of data file `path` (a .npz holding at least `names`). A file that is
+    missing, cut short or not such a file stops the stage with one line naming `what` it should
+    be and the `dvc repro` stage that makes it again."""
+    if not path.exists():
+        raise missing(path, stage)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    # np.load opens a .npy (or a pickle) as one array, which has no `with`: AttributeError.
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, AttributeError):
+        raise unreadable(path, what, remake(stage)) from None
+    if not set(names) <= set(arrays):
+        raise unreadable(path, what, remake(stage))
+    return arrays
+
+
+def load_raw(path: str | Path, source: str) -> dict[str, np.ndarray]:
+    """The arrays `fetch` wrote for `source` (`x`, `y`, and what else the source gives)."""
+    return read_arrays(Path(path), RAW_ARRAYS, "a raw data file", f"fetch@{source}")
+
+
 def load_split(path: str | Path) -> Split:
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file; run `dvc repro` to fetch and split the data")
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
+    arrays = read_arrays(path, SPLIT_ARRAYS, "a split file", f"split@{path.stem}")
     for key in ("x_train", "x_val", "x_test"):
         # As the source gives them (pixels 0-255, raw points): models scale their own inputs.
         arrays[key] = arrays[key].astype(np.float32)

@@ -36,6 +36,7 @@ import mlflow
 
 from pipeline import interrupts
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.files import writing
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ class LocalWorkers:
             "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
         }
         self.logs = folder / WORKER_LOGS
-        self.logs.mkdir(parents=True, exist_ok=True)
+        with writing(self.logs):
+            self.logs.mkdir(parents=True, exist_ok=True)
         self.parent_run_id = ""  # known once the chief's run is
         self.started = 0
         self.replaced_allowed = count  # replacements for workers killed from outside

@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.errors import DataError
-from pipeline.files import atomic_output, sha256_of
+from pipeline.errors import DataError, OutputError
+from pipeline.files import atomic_output, sha256_of, write_failure
 
 TIMEOUT_S = 60
 
@@ -49,6 +49,8 @@ def fetch_verified(
                 download(url, tmp)
                 _verify(name, tmp, sha256, url, fix="")
             return dest
+        except OutputError:  # the cache's disk, not the URL: no other URL does better
+            raise
         except DataError as error:
             problems.append(str(error))
     raise DataError(
@@ -72,6 +74,8 @@ def download(url: str, dest: Path) -> None:
             f"then the connection closed ({error.expected} more expected)"
         ) from None
     except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as error:
+        if write_failure(dest, error) is not None:
+            raise  # where the file goes, not the network: the caller's atomic_output says so
         reason = getattr(error, "reason", error)
         raise DataError(f"{url} is unreachable ({reason})") from None
     if expected is not None and received != int(expected):

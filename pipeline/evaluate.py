@@ -26,7 +26,6 @@ from sklearn.metrics import (
 from pipeline import config, models, plots, tracking
 from pipeline.cli import stage
 from pipeline.datasets import load_split
-from pipeline.errors import DataError
 from pipeline.files import atomic_output, write_json
 
 log = logging.getLogger(__name__)
@@ -52,12 +51,9 @@ def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant
     model_dir = settings.paths.read.model_dir(task, variant)
-    run_file = model_dir / "run.json"
-    if not run_file.exists():
-        raise DataError(f"{run_file}: no such file; run `dvc repro train@{task}-{variant}` first")
-    trained = json.loads(run_file.read_text())
+    trained = models.read_run(model_dir)
     tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
-    tracking.require_run(trained["run_id"], run_file)
+    tracking.require_run(trained["run_id"], model_dir / models.RUN_FILE)
     split_file = settings.paths.read.split_file(task)
     data = load_split(split_file)
     net = models.load(model_dir)
@@ -71,7 +67,11 @@ def main(cfg: DictConfig) -> None:
     report = classification_report(data.y_test, y_pred, target_names=data.class_names, digits=4)
     names = np.array(data.class_names)
     confusion = pd.DataFrame({"actual": names[data.y_test], "predicted": names[y_pred]})
-    history = pd.read_csv(model_dir / "history.csv")
+    history = models.read_history(
+        model_dir / models.HISTORY_FILE,
+        models.stage_of("train", task, variant),
+        trained.get("epochs_trained"),
+    )
 
     out = settings.paths.write.report_dir(task, variant)
     title = f"{settings.run_name}: test accuracy {metrics['test_accuracy']:.4f}"
@@ -88,7 +88,8 @@ def main(cfg: DictConfig) -> None:
         # and an evaluate that fails or is killed here leaves it as train left it. The tag
         # comes last, with the metrics, so that it is never there without them.
         run_id = trained["run_id"]
-        mlflow.MlflowClient().log_artifacts(run_id, str(figures), "evaluation")
+        with tracking.store_errors():  # an artifact the store refuses is the store's failure
+            mlflow.MlflowClient().log_artifacts(run_id, str(figures), "evaluation")
         tracking.log_split(run_id, split_file, data, parts=("test",))
         tracking.add_to_run(
             run_id, {**metrics, "final_val_accuracy": val_accuracy}, {"evaluated": "true"}

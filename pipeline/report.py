@@ -43,9 +43,9 @@ COLUMNS = {
 def task_runs(task: str, experiment: str, models_dir: Path) -> pd.DataFrame:
     """The MLflow runs behind the task's current models, one row per variant."""
     run_ids = {
-        folder.name: json.loads((folder / "run.json").read_text())["run_id"]
+        folder.name: models.read_run(folder)["run_id"]
         for folder in sorted(models_dir.glob(f"{task}/*"))
-        if (folder / "run.json").exists()
+        if (folder / models.RUN_FILE).exists()
     }
     if not run_ids:
         return pd.DataFrame()
@@ -106,6 +106,7 @@ def best_run(runs: pd.DataFrame, n_val: int) -> tuple[pd.Series, float]:
     return runs.loc[chosen.chosen], tolerance
 
 
+@tracking.store_errors()
 def register_best(name: str, runs: pd.DataFrame, n_val: int) -> str:
     """Register `best_run(runs, n_val)` in the model registry as model `name` (the task's
     experiment's name) with the alias `champion`; returns a line for the report.
@@ -188,7 +189,9 @@ def task_section(
         for variant in runs["variant"]
     }
     histories = {
-        variant: pd.read_csv(path) for variant, path in curve_files.items() if path.exists()
+        variant: models.read_history(path, models.stage_of("evaluate", task, variant))
+        for variant, path in curve_files.items()
+        if path.exists()
     }
     curves = figures / f"{task}_learning_curves.png"
     plots.learning_curves(histories, curves, f"{task}: learning curves")

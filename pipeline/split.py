@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from pipeline import config
+from pipeline import config, datasets
 from pipeline.cli import stage
 from pipeline.errors import DataError
 from pipeline.files import save_npz
@@ -74,10 +74,7 @@ def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     dataset = settings.dataset
     raw_file = settings.paths.read.raw_file(dataset.source)
-    if not raw_file.exists():
-        raise DataError(f"{raw_file}: no such file; run `dvc repro fetch@{dataset.source}` first")
-    with np.load(raw_file) as raw:
-        arrays = {key: raw[key] for key in raw.files}
+    arrays = datasets.load_raw(raw_file, dataset.source)
 
     x, y = arrays["x"], arrays["y"]
     test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None

@@ -1,21 +1,27 @@
 """MLflow: which store runs go to, the tags every run carries, and runs that end with the stage.
 
-A run that raises ends FAILED (with the reason as the `failure_reason` tag), one interrupted by
-Ctrl-C or SIGTERM ends KILLED; none is left RUNNING. Stages that add to a finished run (evaluate,
+A run that raises ends FAILED (with the reason as the `failure_reason` tag: a PipelineError's
+one line, else the error's type and message), one interrupted by Ctrl-C or SIGTERM ends KILLED;
+none is left RUNNING, unless the store itself takes no more writes. A write the store refuses
+(SQLite's file or disk full or read-only, an artifact that cannot be written) stops the stage
+with one line naming the store (`store_failure`). Stages that add to a finished run (evaluate,
 crossval) write to it by id and never reopen it: its status and end time stay its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
+import logging
 import os
 import re
 import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +31,7 @@ from mlflow.entities import Metric, RunStatus, RunTag
 
 from pipeline import backend, interrupts
 from pipeline.errors import PipelineError
-from pipeline.files import sha256_of
+from pipeline.files import sha256_of, write_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,6 +49,86 @@ EXPERIMENT_KIND = "custom_model_development"
 SPLIT_PARTS = {"train": "training", "val": "validation", "test": "test"}
 # Tags of the process that owns a run (owner_tags).
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "owner.host", "owner.pid", "owner.started"
+STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
+# What SQLite says when its file or folder takes no write, and the OSError it stands for.
+SQLITE_REFUSALS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "unable to open database file": errno.EACCES,
+}
+
+log = logging.getLogger(__name__)
+# MLflow logs a failed SQLite statement with its traceback, then raises it: the stage says it
+# once, as one line (store_failure) or as the traceback of what it raised.
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not str(record.msg).startswith("SQLAlchemy database error")
+)
+
+
+def store_failure(error: BaseException) -> PipelineError | None:
+    """The one line for a write the MLflow store refused, naming the store's file (mlflow.db:
+    full or read-only) or artifact folder (mlartifacts/, for an OSError raised in MLflow's
+    artifact repository) and the fix; None for any other error."""
+    uri = mlflow.get_tracking_uri()
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    link: BaseException | None = error
+    while link is not None and not isinstance(link, PipelineError):
+        said = [code for say, code in SQLITE_REFUSALS.items() if say in str(link).lower()]
+        # "unable to open" also means a folder that is not there: no refusal of the place.
+        if database is not None and said and (said[0] != errno.EACCES or _unwritable(database)):
+            return write_failure(database, OSError(said[0], str(link)), STORE_ELSEWHERE)
+        if isinstance(link, OSError) and _raised_in("mlflow.store.artifact", link):
+            target = link.filename2 or link.filename
+            folder = database.parent / ARTIFACTS_FOLDER if database else Path(target or ".")
+            return write_failure(folder, link, STORE_ELSEWHERE)
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _unwritable(database: Path) -> bool:
+    return database.parent.is_dir() and not os.access(database.parent, os.W_OK)
+
+
+def _raised_in(package: str, error: BaseException) -> bool:
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith(package):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn a write the MLflow store refused in the block (or the decorated function) into its
+    one line (`store_failure`)."""
+    try:
+        yield
+    except Exception as error:
+        failure = store_failure(error)
+        if failure is None:
+            raise
+        raise failure from error
+
+
+def failure_reason(error: BaseException) -> str:
+    """A failed run's `failure_reason`: the line the stage ends with for a PipelineError (a
+    refused store write included), else the error's type and message."""
+    error = store_failure(error) or error
+    return str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+
+
+def _with_store_errors(
+    generator: Callable[..., Iterator[Any]],
+) -> Callable[..., Iterator[Any]]:
+    """`store_errors` around a generator's every step: a run's start and end write too."""
+
+    @functools.wraps(generator)
+    def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with store_errors():
+            return (yield from generator(*args, **kwargs))
+
+    return steps
 
 
 def repo_root() -> Path:
@@ -68,6 +154,7 @@ def experiment_name(task: str, prefix: str = "") -> str:
     return prefix + task
 
 
+@store_errors()
 def connect(uri: str) -> None:
     """Point MLflow at store `uri`. A tracking server that does not answer stops the stage at
     once with one line: MLflow itself would retry for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
@@ -128,6 +215,7 @@ def open_sqlite_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@store_errors()
 def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "") -> str:
     """Point MLflow at the store and at task `task`'s experiment (`experiment_name`, returned),
     ending the runs that killed processes left RUNNING there (`end_orphans`).
@@ -168,6 +256,7 @@ def system_metrics(every_seconds: float | None) -> bool:
 
 
 @contextmanager
+@_with_store_errors
 def run(
     name: str,
     tags: dict[str, str],
@@ -204,13 +293,6 @@ def run(
             # a failure_reason would say it failed.
             mlflow.MlflowClient().delete_tag(run_id, "failure_reason")
         mlflow.end_run()
-
-
-def failure_reason(error: BaseException) -> str:
-    """A failed run's `failure_reason`: a user's error as the stage prints it."""
-    if isinstance(error, PipelineError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def owner_tags() -> dict[str, str]:
@@ -272,6 +354,7 @@ def require_run(run_id: str, named_in: Path) -> None:
         ) from error
 
 
+@store_errors()
 def add_to_run(
     run_id: str, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
 ) -> None:
@@ -285,6 +368,7 @@ def add_to_run(
     )
 
 
+@store_errors()
 def log_split(
     run_id: str, split_file: Path, data: Split, parts: Sequence[str] = ("train", "val")
 ) -> None:
@@ -348,11 +432,25 @@ def content_digest(*arrays: np.ndarray) -> str:
 
 def end_open_runs(outer_id: str | None, status: int, reason: str) -> None:
     """End run `outer_id` and any run still open inside it (a trial cut short with its search);
-    with None, every open run."""
+    with None, every open run. A store that takes no more writes keeps them RUNNING: the
+    stage's own error, not the store's refusal to record it, is what the stage ends with."""
     with interrupts.deferred():
         while (current := mlflow.active_run()) is not None:
-            mlflow.set_tag("failure_reason", reason[:5000])
-            mlflow.end_run(RunStatus.to_string(status))
+            refused = None
+            # end_run takes the run off MLflow's stack before it writes: tried whatever
+            # set_tag did.
+            for write in (
+                functools.partial(mlflow.set_tag, "failure_reason", reason[:5000]),
+                functools.partial(mlflow.end_run, RunStatus.to_string(status)),
+            ):
+                try:
+                    write()
+                except Exception as error:
+                    refused = store_failure(error)
+                    if refused is None:
+                        raise
+            if refused is not None:
+                log.warning("run %s is left RUNNING: %s", current.info.run_id, refused)
             if current.info.run_id == outer_id:
                 break
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import backend, config, models
 from pipeline.datasets import Split, batches
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.errors import ConfigError, DataError, TrainingError, missing, remake, unreadable
+from pipeline.files import seal_holds
 
 
 @dataclass
@@ -25,19 +27,37 @@ class Fitted:
 
 def with_hparams(cfg: DictConfig) -> DictConfig:
     """The config with `train.hparams_file` (what `tune` found) merged over it. A relative path
-    is found like any earlier stage's output: in this job's folder, else the pipeline's."""
+    is found like any earlier stage's output: in this job's folder, else the pipeline's.
+
+    A file that is missing, cut short or no hyperparameters file stops the stage with one line.
+    `tune` seals the values it writes with their SHA-256 (`files.sealed`), as YAML cut short at a
+    line end still parses; a file without that line (written by hand) is taken as it is.
+    """
     if not cfg.train.hparams_file:
         return cfg
     path = Path(cfg.train.hparams_file)
     if not path.is_absolute():
         paths: config.PathsConfig = OmegaConf.to_object(cfg.paths)
         path = paths.read.path(str(path))
+    tune = f"tune@{cfg.dataset.name}"
     if not path.exists():
-        raise ConfigError(f"train.hparams_file: {path} does not exist; run the tune stage first")
+        raise missing(path, tune)
     try:
-        return OmegaConf.merge(cfg, OmegaConf.load(path))
+        text = path.read_text()
+        values = OmegaConf.create(text)
+    except (ValueError, yaml.YAMLError):  # not text, not YAML
+        text, values = "", None
+    if seal_holds(text) is False:
+        raise DataError(
+            f"{path}: its values do not match the sha256 line above them (truncated, or edited "
+            f"by hand); {remake(tune)}, or delete that line to keep an edit"
+        )
+    if not isinstance(values, DictConfig) or not values:
+        raise unreadable(path, "a hyperparameters file", remake(tune))
+    try:
+        return OmegaConf.merge(cfg, values)
     except Exception as error:
-        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: {str(error).splitlines()[0]}; {remake(tune)}") from None
 
 
 def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fitted:

@@ -9,7 +9,9 @@ which `train` reads for the tuned model, and reports/<task>/search/ (all trials 
 models/<task>/search/ keeps the tuner's state: a search killed part way resumes from it,
 without redoing finished trials. A search is known by its identity (the config it reads, the
 data, the code of its models); another identity starts a new search and MLflow run, while a
-finished search run again writes its kept outputs anew, searching nothing.
+finished search run again writes its kept outputs anew, searching nothing. A state that cannot
+be read (cut short by a full disk, or not written by this stage) starts a new search too, as no
+state does (`read_state`).
 
 With tuner.workers=N, N processes run the trials, served by an oracle in this one
 (pipeline/distributed.py); the search, its run and its outputs are the same.
@@ -17,6 +19,7 @@ With tuner.workers=N, N processes run the trials, served by an oracle in this on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -48,8 +51,8 @@ from pipeline import (
 )
 from pipeline.cli import stage
 from pipeline.datasets import Split, batches, load_split
-from pipeline.errors import ConfigError, TrainingError
-from pipeline.files import atomic_output, sha256_of, write_json, write_text
+from pipeline.errors import DAMAGED, ConfigError, OutputError, TrainingError, unreadable
+from pipeline.files import atomic_output, sealed, sha256_of, write_json, write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ SEARCH_READS = (
 )  # fmt: skip
 STATE_FILE = "state.json"  # in the search folder: the search's identity, MLflow run, progress
 KEPT_FOLDER = "outputs"  # in the search folder: copies of a finished search's outputs
+TUNER_FOLDER = "keras_tuner"  # in the search folder: Keras Tuner's project
+UNREADABLE = "unreadable"  # read_state's key for why a state could not be read
 
 
 def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +98,9 @@ def make_tuner(
     backend_tags = backend.tags()
     trial_metrics_every = settings.tracking.sampling(of_trials=True)
 
+    class FolderFailure(OutputError, kt.errors.FatalError):
+        """A write failure in the search folder: it ends the search, not only the trial."""
+
     def trial_settings(hp: Any) -> config.Config:
         return config.load(search_space.apply(cfg, search_space.values_for(params, hp)))
 
@@ -100,7 +108,10 @@ def make_tuner(
         def build(self, hp: Any) -> Any:
             trial = trial_settings(hp)
             backend.seed(settings.tuner.seed)  # every trial starts alike
-            return models.build_keras(trial.model, inputs, data.n_classes)
+            net = models.build_keras(trial.model, inputs, data.n_classes)
+            # How Keras Tuner saves the trial's checkpoints: a full disk is then one line.
+            net.save_weights = functools.partial(models.save_weights, net)
+            return net
 
         def fit(
             self, hp: Any, model: Any, x: Any, y: Any, validation_data: Any = None, **kwargs: Any
@@ -114,12 +125,17 @@ def make_tuner(
 
             def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
                 epochs = kwargs["epochs"] - kwargs.get("initial_epoch", 0)
-                return net.fit(
-                    **batches(fit_x, fit_y, batch_size, seed, epochs),
-                    validation_data=batches(*held_out, batch_size)["x"],
-                    shuffle=False,  # batches() shuffles
-                    **kwargs,
-                )
+                try:
+                    return net.fit(
+                        **batches(fit_x, fit_y, batch_size, seed, epochs),
+                        validation_data=batches(*held_out, batch_size)["x"],
+                        shuffle=False,  # batches() shuffles
+                        **kwargs,
+                    )
+                except OutputError as error:  # a checkpoint that could not be written
+                    # Keras Tuner would take it for a bad trial and go on to the next, which a
+                    # full or read-only folder fails alike.
+                    raise FolderFailure(str(error)) from error
 
             if validation_data is not None:
                 histories = [fit_on(model, x, y, validation_data)]
@@ -199,7 +215,7 @@ def make_tuner(
     role = distributed.role(tuner_cfg.workers)
     mixins = (distributed.Worker,) * (role == "worker") + (TrialRuns,) * track
     tuner_class = type(f"Tracked{base.__name__}", (*mixins, base), {}) if mixins else base
-    project = folder / "keras_tuner"
+    project = folder / TUNER_FOLDER
     tuner_id = os.environ.get(distributed.TUNER_ID, "tuner0")  # as Keras Tuner names it
     # Keras Tuner reloads its oracle only from the state file of the same tuner id: a chief
     # resuming a search run by one process (or the other way round) would start afresh.
@@ -209,17 +225,25 @@ def make_tuner(
         and (project / "oracle.json").exists()
         and not (project / f"{tuner_id}.json").exists()
     )
-    tuner = tuner_class(
-        hypermodel=SearchModel(),
-        objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
-        seed=tuner_cfg.seed,
-        directory=str(folder),
-        project_name="keras_tuner",
-        overwrite=not resume,
-        **options,
-    )
-    if reload_oracle:
-        tuner.oracle.reload()
+    try:
+        tuner = tuner_class(
+            hypermodel=SearchModel(),
+            objective=kt.Objective(tuner_cfg.objective, direction=tuner_cfg.direction),
+            seed=tuner_cfg.seed,
+            directory=str(folder),
+            project_name=TUNER_FOLDER,
+            overwrite=not resume,
+            **options,
+        )
+        if reload_oracle:
+            tuner.oracle.reload()
+    # JSON that parses (`unreadable_tuner_file` let it through) but is not Keras Tuner's state:
+    # not written by this stage, so it is left for the user to look at.
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        if not resume:
+            raise
+        fix = f"delete {folder} to start the search anew"
+        raise unreadable(project, "the state of a Keras Tuner search", fix) from None
     if resume and role != "worker":
         # Keras Tuner saves a trial's end before it takes the trial off its list of running
         # ones, so a search stopped right after a trial ended reloaded that trial as cut short
@@ -389,14 +413,19 @@ def identity_tags(identity: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
+def why_anew(state: dict[str, Any], identity: dict[str, Any], folder: Path) -> str:
     """Why the search in a folder's state is not carried on, in words for the log and MLflow."""
+    if UNREADABLE in state:
+        return state[UNREADABLE]
     old = state.get("identity", {})
     if not old:
         return "its state records no identity"
     if old["digest"] == identity["digest"]:
         if state.get("finished"):
             return "the finished search's kept outputs are missing"
+        broken = unreadable_tuner_file(folder)
+        if broken is not None:
+            return f"its tuner state {broken} is unreadable ({DAMAGED})"
         return "the interrupted search left no tuner state to resume"
     changes = [part for part in ("config", "data") if old.get(part) != identity[part]]
     old_code, code = old.get("code", {}), identity["code"]
@@ -407,8 +436,39 @@ def why_anew(state: dict[str, Any], identity: dict[str, Any]) -> str:
 
 
 def read_state(folder: Path) -> dict[str, Any]:
+    """The state of the search in `folder`: {} if there is none.
+
+    One that cannot be read (cut short, or not a state this stage wrote) is taken for none, so
+    the search starts anew, as a user deleting the folder would have it do: the folder serves
+    only to resume its search, and no search can be resumed from a state that cannot be read.
+    The state is {UNREADABLE: why} then, for the log. The same goes for Keras Tuner's own
+    files there (`unreadable_tuner_file`), which it writes in place: a full disk cuts them short.
+    """
     state_file = folder / STATE_FILE
-    return json.loads(state_file.read_text()) if state_file.exists() else {}
+    if not state_file.exists():
+        return {}
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError:  # not JSON, or not text
+        state = None
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("identity"), dict)
+        or not isinstance(state["identity"].get("digest"), str)
+        or not isinstance(state.get("parent_run_id"), str)
+    ):
+        return {UNREADABLE: f"{state_file} is unreadable ({DAMAGED})"}
+    return state
+
+
+def unreadable_tuner_file(folder: Path) -> Path | None:
+    """The first of Keras Tuner's state files in search folder `folder` that is not JSON."""
+    for path in sorted((folder / TUNER_FOLDER).rglob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            return path
+    return None
 
 
 def can_resume(state: dict[str, Any], identity: dict[str, Any], folder: Path) -> bool:
@@ -417,7 +477,8 @@ def can_resume(state: dict[str, Any], identity: dict[str, Any], folder: Path) ->
     return (
         state.get("identity", {}).get("digest") == identity["digest"]
         and not state.get("finished")
-        and (folder / "keras_tuner" / "oracle.json").exists()
+        and (folder / TUNER_FOLDER / "oracle.json").exists()
+        and unreadable_tuner_file(folder) is None
     )
 
 
@@ -517,11 +578,14 @@ def main(cfg: DictConfig) -> None:
     resume = can_resume(state, identity, folder)
     previous_run = state.get("parent_run_id")
     if not resume:
-        why = why_anew(state, identity)
+        why = why_anew(state, identity, folder)
         if previous_run:
             log.info("starting a new search: %s since search run %s", why, previous_run)
+        elif state:
+            log.warning("starting a new search: %s", why)
+        # Made again with its state (or its workers' logs), which leaves no empty folder
+        # behind if it cannot be written.
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
 
     data = load_split(split_file)
     tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
@@ -557,12 +621,13 @@ def main(cfg: DictConfig) -> None:
             tracking.log_split(parent_id, split_file, data)
 
         try:
-            if server is None:
-                tuner = search(settings, cfg, params, data, folder, resume=resume)
-            else:
-                tuner = make_tuner(settings, cfg, params, data, folder, resume)
-                timeout = settings.tuner.worker_timeout_s
-                distributed.serve(tuner, server, local, parent_id, timeout)
+            with writing(folder):  # Keras Tuner writes its trials' state there as they go
+                if server is None:
+                    tuner = search(settings, cfg, params, data, folder, resume=resume)
+                else:
+                    tuner = make_tuner(settings, cfg, params, data, folder, resume)
+                    timeout = settings.tuner.worker_timeout_s
+                    distributed.serve(tuner, server, local, parent_id, timeout)
         except RuntimeError as error:  # Keras Tuner's "too many consecutive failures"
             raise TrainingError(f"the search stopped: {str(error).splitlines()[0]}") from None
 
@@ -599,7 +664,19 @@ def main(cfg: DictConfig) -> None:
             f": trials {', '.join(tied_ids)}.\n# MLflow: search run {parent_id}. Written by "
             "`tune`; read by `train` (train.hparams_file).\n"
         )
-        best_yaml = header + yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
+        # Sealed: YAML cut short at a line end still parses, to fewer values (with_hparams).
+        best_yaml = header + sealed(
+            yaml.safe_dump(search_space.nested(best_values), sort_keys=True)
+        )
+        pick = {
+            "trial_id": str(best["trial_id"]),
+            "score": float(best["score"]),
+            "param_count": int(best["param_count"]),
+            "tied": tied_ids,
+            "tie_tolerance": chosen.tolerance,
+            "rule": rule,
+            "trials": len(trials),
+        }
         with atomic_output(outputs["figures"]) as figures:
             figures.mkdir()
             hp_columns = [p.path for p in params if p.spec]
@@ -611,20 +688,12 @@ def main(cfg: DictConfig) -> None:
             )
             with atomic_output(outputs["trials.csv"]) as tmp:
                 trials.to_csv(tmp, index=False)
-            mlflow.log_artifact(str(outputs["trials.csv"]))
-            mlflow.log_artifacts(str(figures), "figures")
-            mlflow.log_text(best_yaml, "best_hparams.yaml")
-            pick = {
-                "trial_id": str(best["trial_id"]),
-                "score": float(best["score"]),
-                "param_count": int(best["param_count"]),
-                "tied": tied_ids,
-                "tie_tolerance": chosen.tolerance,
-                "rule": rule,
-                "trials": len(trials),
-            }
+            with tracking.store_errors():  # an artifact the store refuses is the store's failure
+                mlflow.log_artifact(str(outputs["trials.csv"]))
+                mlflow.log_artifacts(str(figures), "figures")
+                mlflow.log_text(best_yaml, "best_hparams.yaml")
+                mlflow.log_dict(pick, "pick.json")
             write_json(outputs["pick.json"], pick)
-            mlflow.log_dict(pick, "pick.json")
             write_text(outputs["best_hparams.yaml"], best_yaml)
         save_outputs(outputs, folder / KEPT_FOLDER)
     # Only once its run has ended FINISHED: a search killed before that resumes instead.

@@ -11,7 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
+from omegaconf import DictConfig
+
+from pipeline import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,6 +101,13 @@ def circles_split(circles_data: Path, project: Path) -> Path:
     (neither stage writes to MLflow, so the copy leaves the project as the stages would)."""
     shutil.copytree(circles_data, project / "data", dirs_exist_ok=True)
     return project / "data" / "split" / "circles.npz"
+
+
+def compose_config(name: str = "config", overrides: tuple[str, ...] = ()) -> DictConfig:
+    """conf/<name>.yaml composed with `overrides`, as a stage's Hydra would compose it."""
+    config.register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
 
 
 def mlflow_client(repo: Path) -> MlflowClient:

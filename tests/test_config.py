@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig
 
 from pipeline import config
 from pipeline.errors import ConfigError
@@ -17,12 +16,6 @@ PRESETS = sorted(
     p.relative_to(CONF / "experiment").with_suffix("").as_posix()
     for p in (CONF / "experiment").rglob("*.yaml")
 )
-
-
-def compose_config(name: str = "config", overrides: tuple[str, ...] = ()) -> DictConfig:
-    config.register()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
