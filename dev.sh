@@ -74,7 +74,7 @@ case "$command" in
     exec python -m pytest "$@"
     ;;
   team-server)
-    exec python -m pipeline.team_server "$@"
+    exec python -m pipeline.tracking.team_server "$@"
     ;;
   docs)
     # serve: http://127.0.0.1:8000, rebuilt on every edit; build: site/, failing on any warning.

@@ -19,8 +19,10 @@ import mlflow
 import numpy as np
 from sklearn.datasets import make_circles
 
-from pipeline import config, predict, tracking
-from pipeline.datasets import grayscale, read_idx
+from pipeline import predict, tracking
+from pipeline.core import config
+from pipeline.data.images import grayscale
+from pipeline.data.sources import read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ metrics one request per epoch (MLflow's own Keras callback does so; the pipeline
 so this is the harsher load), a tag and a small artifact, and ends the run. All writers import
 first and then start together, so the figures are the stores' and not Python's start-up. Stores:
 
-  postgres  `python -m pipeline.team_server` (PostgreSQL, mlflow server with its default workers,
+  postgres  `python -m pipeline.tracking.team_server` (PostgreSQL, mlflow server with its
+            default workers,
             artifacts served), in a throwaway folder; writers use its http:// URI
   sqlite    the pipeline's default: each writer opens sqlite:///<tmp>/mlflow.db itself
 
@@ -78,13 +79,14 @@ class Outcome:
 
 
 def start_team_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    from pipeline.team_server import free_port
+    from pipeline.tracking.team_server import free_port
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = (folder / "team-server.log").open("w")
     process = subprocess.Popen(
-        [PYTHON, "-m", "pipeline.team_server", "--data", str(folder / "data"), "--port", str(port)],
+        [PYTHON, "-m", "pipeline.tracking.team_server", "--data", str(folder / "data")]
+        + ["--port", str(port)],
         cwd=ROOT,
         env=quiet_env(),
         stdout=log,

@@ -62,7 +62,7 @@ def stage(project: Path, label: str, args: list[str], env: dict[str, str]) -> tu
 def task_of(project: Path, experiment: str) -> str:
     from hydra import compose, initialize_config_dir
 
-    from pipeline import config
+    from pipeline.core import config
 
     config.register()
     with initialize_config_dir(config_dir=str(project / "conf"), version_base="1.3"):

@@ -60,7 +60,7 @@ def compose(experiment: str, trials: int, epochs: int, extra: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from pipeline import config
+    from pipeline.core import config
 
     config.register()
     overrides = [
@@ -87,20 +87,21 @@ def draws(tuner: Any) -> str:
 
 def child(args: argparse.Namespace) -> None:
     """One search, timed; its numbers as JSON on the last line of stdout."""
-    from pipeline import config, search_space
-    from pipeline.datasets import load_split
-    from pipeline.tune import search
+    from pipeline.core import config
+    from pipeline.data.splits import load_split
+    from pipeline.search import space
+    from pipeline.search.tuning import Setup, search
 
     cfg = compose(args.experiment, args.trials, args.epochs, args.overrides)
     settings = config.load(cfg)
-    params = search_space.parse(settings.search_space)
+    params = space.parse(settings.search_space)
     data = load_split(split_file(settings))
     folder = Path(tempfile.mkdtemp(prefix=f"{args.mode}_", dir=args.scratch))
     result: dict[str, Any] = {}
 
     if args.mode == "bare":
         start = time.perf_counter()
-        tuner = search(settings, cfg, params, data, folder, resume=False, track=False)
+        tuner = search(Setup(settings, cfg, params, data, folder), resume=False, track=False)
         seconds = time.perf_counter() - start
     else:
         import mlflow
@@ -111,7 +112,7 @@ def child(args: argparse.Namespace) -> None:
         # too, and its first call pays for the store's one-off set-up.
         with mlflow.start_run(run_name="bench/search") as parent:
             start = time.perf_counter()
-            tuner = search(settings, cfg, params, data, folder, resume=False, track=True)
+            tuner = search(Setup(settings, cfg, params, data, folder), resume=False, track=True)
             seconds = time.perf_counter() - start
         result.update(logged(parent.info.run_id, parent.info.experiment_id))
 
@@ -166,8 +167,10 @@ def time_search(mode: str, args: argparse.Namespace, scratch: Path, tracking_uri
 
 def check_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
     """The composed settings, checked before any search starts."""
-    from pipeline import config, models, search_space
-    from pipeline.errors import PipelineError
+    from pipeline import models
+    from pipeline.core import config
+    from pipeline.core.errors import PipelineError
+    from pipeline.search import space
 
     preset = ROOT / "conf" / "experiment" / f"{args.experiment}.yaml"
     if not preset.exists():
@@ -176,7 +179,7 @@ def check_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> A
         settings = config.load(compose(args.experiment, args.trials, args.epochs, args.overrides))
     except PipelineError as error:
         parser.error(str(error))
-    if not search_space.parse(settings.search_space) or not models.is_keras(settings.model):
+    if not space.parse(settings.search_space) or not models.is_keras(settings.model):
         parser.error(f"experiment={args.experiment} has no search space over a Keras model")
     split = split_file(settings)
     if not split.exists():

@@ -35,11 +35,11 @@ from pathlib import Path
 
 from harness import PYTHON, ROOT, TARGET, quiet_env, ratio, run, scratch_store
 
-from pipeline.backend import MODULES as BACKEND_MODULES
+from pipeline.core.backend import MODULES as BACKEND_MODULES
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
-# Mirrors pipeline.training.fit_keras minus its callbacks, MLflow and batching: Keras' own
+# Mirrors pipeline.models.fitting.fit_keras minus its callbacks, MLflow and batching: Keras' own
 # shuffling of arrays. Validation runs every epoch in both, so the fit-only ratio shows the
 # pipeline's additions, not a difference in work.
 BARE_SCRIPT = """
@@ -48,14 +48,15 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from pipeline import config, models, training
-from pipeline.datasets import load_split
+from pipeline import models
+from pipeline.core import config
+from pipeline.data.splits import load_split
 
 experiment, epochs = sys.argv[1], int(sys.argv[2])
 config.register()
 with initialize_config_dir(config_dir=str(Path.cwd() / "conf"), version_base="1.3"):
     cfg = compose("config", overrides=[f"experiment={experiment}", f"train.epochs={epochs}"])
-settings = config.load(training.with_hparams(cfg))
+settings = config.load(models.with_hparams(cfg))
 data = load_split(settings.paths.read.split_file(settings.dataset.name))
 
 import keras

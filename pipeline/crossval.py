@@ -20,10 +20,11 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from pipeline import config, models, tracking, training
-from pipeline.cli import stage
-from pipeline.datasets import Split, load_split
-from pipeline.files import write_json
+from pipeline import models, tracking
+from pipeline.core import config
+from pipeline.core.cli import stage
+from pipeline.core.files import write_json
+from pipeline.data.splits import Split, load_split
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,14 @@ def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
             x[fit_part], y[fit_part], x[val_part], y[val_part],
             x[held_out], y[held_out], data.class_names,
         )  # fmt: skip
-        fitted = training.fit(settings, fold, [])
+        fitted = models.fit(settings, fold, [])
         accuracies.append(models.accuracy(fitted.net, x[held_out], y[held_out]))
     return accuracies
 
 
 @stage("config", reads=("backend", "dataset", "model", "train", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
-    settings: config.Config = config.load(training.with_hparams(cfg))
+    settings: config.Config = config.load(models.with_hparams(cfg))
     task, variant = settings.dataset.name, settings.variant
     model_dir = settings.paths.read.model_dir(task, variant)
     trained = models.read_run(model_dir)

@@ -23,10 +23,12 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from pipeline import config, models, plots, tracking
-from pipeline.cli import stage
-from pipeline.datasets import load_split
-from pipeline.files import atomic_output, write_json
+from pipeline import models, tracking
+from pipeline.core import config
+from pipeline.core.cli import stage
+from pipeline.core.files import atomic_output, write_json
+from pipeline.data.splits import load_split
+from pipeline.reporting import plots
 
 log = logging.getLogger(__name__)
 

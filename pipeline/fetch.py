@@ -12,9 +12,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import config, datasets
-from pipeline.cli import stage
-from pipeline.files import save_npz
+from pipeline.core import config
+from pipeline.core.cli import stage
+from pipeline.core.files import save_npz
+from pipeline.data.sources import fetch_mnist, fetch_sign_digits, make_circles
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ def main(cfg: DictConfig) -> None:
         log.info("taking %s from the mirror %s", source.name, mirror)
 
     if isinstance(source, config.MnistSource):
-        arrays = datasets.fetch_mnist(source, downloads, mirror)
+        arrays = fetch_mnist(source, downloads, mirror)
     elif isinstance(source, config.SignDigitsSource):
-        arrays = datasets.fetch_sign_digits(source, downloads, mirror)
+        arrays = fetch_sign_digits(source, downloads, mirror)
     else:
-        arrays = datasets.make_circles(source)
+        arrays = make_circles(source)
 
     out = settings.paths.write.raw_file(source.name)
     save_npz(out, **arrays)

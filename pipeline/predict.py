@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets import grayscale
-from pipeline.errors import DataError, PipelineError
+from pipeline.core.errors import DataError, PipelineError
+from pipeline.data.images import grayscale
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 USAGE = (

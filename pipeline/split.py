@@ -15,10 +15,11 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from pipeline import config, datasets
-from pipeline.cli import stage
-from pipeline.errors import DataError
-from pipeline.files import save_npz
+from pipeline.core import config
+from pipeline.core.cli import stage
+from pipeline.core.errors import DataError
+from pipeline.core.files import save_npz
+from pipeline.data.splits import load_raw
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     dataset = settings.dataset
     raw_file = settings.paths.read.raw_file(dataset.source)
-    arrays = datasets.load_raw(raw_file, dataset.source)
+    arrays = load_raw(raw_file, dataset.source)
 
     x, y = arrays["x"], arrays["y"]
     test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from pipeline import config
+from pipeline.core import config
 
 ROOT = Path(__file__).resolve().parents[1]
 

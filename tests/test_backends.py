@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, mlflow_client, stage_env
 
-from pipeline.backend import MODULES as BACKEND_MODULES
+from pipeline.core.backend import MODULES as BACKEND_MODULES
 
 # Backends this environment has: tensorflow always; the tests' set-up installs JAX.
 BACKENDS = [
@@ -22,12 +22,12 @@ BACKENDS = [
     if all(importlib.util.find_spec(module) is not None for module in modules)
 ]
 
-# Trains a zero-initialised linear model with plain SGD on pipeline.datasets.batches for each
+# Trains a zero-initialised linear model with plain SGD on pipeline.models.fitting.batches for each
 # seed given and prints {seed: its weights}: they depend on the batches' order, and nothing else
 # differs between backends. (All seeds in one process: a backend's start costs seconds.)
 FIT_ON_BATCHES = """
 import json, sys, keras, numpy as np
-from pipeline.datasets import batches
+from pipeline.models.fitting import batches
 x = np.linspace(-1, 1, 50, dtype=np.float32).reshape(25, 2)
 y = (x @ np.array([2.0, -1.0], np.float32) + 0.5 * np.sin(7 * x[:, 0])).astype(np.float32)
 weights = {}
@@ -42,7 +42,7 @@ print(json.dumps(weights))
 # Loads a saved model and prints its class probabilities for the split's test part.
 PREDICT_SAVED = """
 import json, sys, keras
-from pipeline.datasets import load_split
+from pipeline.data.splits import load_split
 net = keras.saving.load_model(sys.argv[1])
 print(json.dumps(net.predict(load_split(sys.argv[2]).x_test, verbose=0).tolist()))
 """
@@ -113,8 +113,8 @@ def test_logged_model_requirements_name_the_installed_backend_distribution(
     """With `tensorflow` installed rather than `tensorflow-cpu` (a GPU machine), the logged
     model must ask for `tensorflow`: naming a distribution that is not installed made `train`
     fail after the fit."""
-    from pipeline import backend
-    from pipeline.train import requirements
+    from pipeline.core import backend
+    from pipeline.tracking.logged_model import requirements
 
     installed = {"keras": "3.15.1", "tensorflow": "2.21.0", "jax": "0.10.2", "jaxlib": "0.10.2"}
     monkeypatch.setattr(
@@ -138,13 +138,17 @@ def test_logged_model_requirements_name_the_installed_backend_distribution(
 
 
 def test_no_stage_imports_keras_before_its_backend_is_set() -> None:
-    """Keras takes its backend when first imported: a stage module that imports it at import
-    time would run on the default backend whatever the config's `backend` says."""
-    stages = sorted(path.stem for path in (ROOT / "pipeline").glob("*.py"))
+    """Keras takes its backend when first imported: a module that imports it at import time
+    would make every stage importing it run on the default backend whatever the config's
+    `backend` says."""
+    modules = sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in (ROOT / "pipeline").rglob("*.py")
+    )
     script = (
         "import importlib, sys\n"
-        f"for name in {stages!r}:\n"
-        "    importlib.import_module(f'pipeline.{name}')\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
         "    assert 'keras' not in sys.modules, name\n"
         "print('none')\n"
     )

@@ -8,8 +8,8 @@ import pytest
 from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 
-from pipeline import config
-from pipeline.errors import ConfigError
+from pipeline.core import config
+from pipeline.core.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = sorted(

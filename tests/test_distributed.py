@@ -16,7 +16,10 @@ import pytest
 from conftest import all_runs, mlflow_client, stage_env
 from test_tune import runs_by_stage
 
-from pipeline import distributed, tracking
+from pipeline import tracking
+from pipeline.search import worker
+from pipeline.search.chief import OracleServer, abandon_silent
+from pipeline.search.worker import LOOPBACK, ORACLE_IP, ORACLE_PORT, TUNER_ID, Worker
 
 DISTRIBUTED = (
     "experiment=circles/tuned",
@@ -226,18 +229,18 @@ def test_a_worker_is_heard_through_its_trial_and_one_gone_quiet_gives_it_up(
     import keras_tuner as kt
     from keras_tuner.src.distribute.oracle_client import OracleClient
 
-    monkeypatch.setattr(distributed, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.05)
     space = kt.HyperParameters()
     space.Float("x", 0, 1)
     oracle = kt.oracles.RandomSearchOracle(
         objective=kt.Objective("score", "max"), max_trials=2, hyperparameters=space, seed=1
     )
     oracle._set_project_dir(str(tmp_path), "search")
-    server = distributed.OracleServer(distributed.LOOPBACK, 0)
+    server = OracleServer(LOOPBACK, 0)
     server.start(oracle)
-    monkeypatch.setenv(distributed.ORACLE_IP, distributed.LOOPBACK)
-    monkeypatch.setenv(distributed.ORACLE_PORT, str(server.port))
-    monkeypatch.setenv(distributed.TUNER_ID, "tuner0")
+    monkeypatch.setenv(ORACLE_IP, LOOPBACK)
+    monkeypatch.setenv(ORACLE_PORT, str(server.port))
+    monkeypatch.setenv(TUNER_ID, "tuner0")
 
     class KerasTuners:  # what Worker's hooks hand on to
         def on_trial_begin(self, trial: object) -> None:
@@ -246,20 +249,20 @@ def test_a_worker_is_heard_through_its_trial_and_one_gone_quiet_gives_it_up(
         def on_trial_end(self, trial: object) -> None:
             pass
 
-    class Tuner(distributed.Worker, KerasTuners):
+    class Tuner(Worker, KerasTuners):
         pass
 
     try:
-        worker = Tuner()
-        worker.oracle = OracleClient(oracle)
-        trial = worker.oracle.create_trial("tuner0")
-        worker.on_trial_begin(trial)
+        tuner = Tuner()
+        tuner.oracle = OracleClient(oracle)
+        trial = tuner.oracle.create_trial("tuner0")
+        tuner.on_trial_begin(trial)
         time.sleep(0.5)  # ten beats
-        assert distributed.abandon_silent(oracle, server.servicer.heard, 0.25) == {}
-        worker.on_trial_end(trial)  # no more beats, yet still its trial
+        assert abandon_silent(oracle, server.servicer.heard, 0.25) == {}
+        tuner.on_trial_end(trial)  # no more beats, yet still its trial
         time.sleep(0.5)
-        given_up = distributed.abandon_silent(oracle, server.servicer.heard, 0.25)
+        given_up = abandon_silent(oracle, server.servicer.heard, 0.25)
         assert given_up == {"tuner0": trial.trial_id}
-        assert worker.oracle.create_trial("tuner1").trial_id == trial.trial_id  # run again
+        assert tuner.oracle.create_trial("tuner1").trial_id == trial.trial_id  # run again
     finally:
         server.stop()

@@ -29,10 +29,10 @@ from tiny_data import (
     write_sign_digits_mirror,
 )
 
-from pipeline.config import MnistSource, SignDigitsSource
-from pipeline.datasets import MIRROR_FOLDERS, fetch_mnist, fetch_sign_digits, read_idx
-from pipeline.download import fetch_verified
-from pipeline.errors import DataError
+from pipeline.core.config import MnistSource, SignDigitsSource
+from pipeline.core.errors import DataError
+from pipeline.data.download import fetch_verified
+from pipeline.data.sources import MIRROR_FOLDERS, fetch_mnist, fetch_sign_digits, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = b"verified payload\n" * 100

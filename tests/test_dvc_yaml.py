@@ -74,22 +74,34 @@ def composed_files(config_name: str, overrides: list[str]) -> dict[Path, str]:
     return files
 
 
+def module_file(name: str) -> Path | None:
+    """The source file of module or package `name` ("pipeline.core.config"), if it is one."""
+    path = ROOT.joinpath(*name.split("."))
+    if path.with_suffix(".py").exists():
+        return path.with_suffix(".py")
+    return path / "__init__.py" if (path / "__init__.py").exists() else None
+
+
 def imported_modules(module: str) -> set[str]:
-    """`pipeline.<module>` and the package modules it imports, directly or not."""
+    """The files of `pipeline.<module>` and of the package modules it imports, directly or not,
+    with the packages' __init__.py files that importing them runs."""
     seen: set[str] = set()
-    todo = [module]
+    todo = [f"pipeline.{module}"]
     while todo:
         name = todo.pop()
-        if name in seen:
+        path = module_file(name)
+        if path is None or name in seen:
             continue
         seen.add(name)
-        tree = ast.parse((ROOT / "pipeline" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-                todo.append(node.module.removeprefix("pipeline."))
-    return seen
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+                todo.append(node.module)
+                # `from package import module` imports the module too
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names if alias.name.startswith("pipeline")]
+    return {str(module_file(name).relative_to(ROOT)) for name in seen}
 
 
 def expected(stage: Any) -> tuple[set[str], set[str]]:
@@ -107,7 +119,7 @@ def expected(stage: Any) -> tuple[set[str], set[str]]:
     }
     if module == "report":
         params.add("conf/tasks.yaml")  # its task list
-    code = {f"pipeline/{name}.py" for name in imported_modules(module)}
+    code = imported_modules(module)
     return params, code
 
 

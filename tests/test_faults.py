@@ -28,8 +28,13 @@ import yaml
 from conftest import ROOT, all_runs, compose_config, mlflow_client, stage_env
 from omegaconf import DictConfig
 
-from pipeline import config, datasets, files, models, search_space, training, tune
-from pipeline.errors import DataError
+from pipeline import models
+from pipeline.core import config, files
+from pipeline.core.errors import DataError
+from pipeline.data.splits import Split, load_raw, load_split
+from pipeline.search import space
+from pipeline.search.state import STATE_FILE, can_resume, read_state, search_identity, why_anew
+from pipeline.search.tuning import Setup, make_tuner, search
 
 # Mounted by `in_mount` on its folder, $1.
 MOUNTS = {
@@ -104,7 +109,7 @@ def stage(name: str, *overrides: str) -> tuple[str, ...]:
 def python(code: str) -> tuple[str, ...]:
     """`python -c code`, ending as a stage does on a PipelineError: its line, exit 1."""
     wrapped = (
-        "import sys\nfrom pipeline.errors import PipelineError\ntry:\n"
+        "import sys\nfrom pipeline.core.errors import PipelineError\ntry:\n"
         + textwrap.indent(textwrap.dedent(code), "    ")
         + "except PipelineError as error:\n    sys.exit(f'error: {error}')\n"
     )
@@ -192,7 +197,7 @@ def test_a_download_onto_a_full_disk_is_one_line_naming_the_cache(tmp_path: Path
     dest = cache / "downloads/file.gz"
     fetch = f"""
         from pathlib import Path
-        from pipeline import download
+        from pipeline.data import download
         download.fetch_verified("file.gz", ["{served.parent.as_uri()}"], "{sha256}", Path("{dest}"))
     """
     result, left = in_mount("full", cache, ROOT, *python(fetch))
@@ -313,10 +318,10 @@ def test_a_damaged_split_or_raw_file_is_one_line(circles_split: Path, kind: str,
         damage(path, how)
 
     if kind == "split":
-        message = data_error(datasets.load_split, path)
+        message = data_error(load_split, path)
         what, stage_name = "a split file", "split@circles"
     else:
-        message = data_error(datasets.load_raw, path, "circles")
+        message = data_error(load_raw, path, "circles")
         what, stage_name = "a raw data file", "fetch@circles"
     expected = no_such(path, stage_name) if how == "missing" else not_a(path, what, stage_name)
     assert message == expected
@@ -397,7 +402,7 @@ def test_a_damaged_hyperparameters_file_is_one_line(tmp_path: Path, how: str) ->
     values = {"model": {"dropout": 0.1, "hidden_units": [16, 32]}, "train": {"batch_size": 8}}
     # As tune writes it: a header, then the values sealed with their sha256.
     files.write_text(path, "# Best of 3 trials.\n" + files.sealed(yaml.safe_dump(values)))
-    assert training.with_hparams(cfg).model.hidden_units == [16, 32]
+    assert models.with_hparams(cfg).model.hidden_units == [16, 32]
 
     damage(path, how)
     expected = {
@@ -409,7 +414,7 @@ def test_a_damaged_hyperparameters_file_is_one_line(tmp_path: Path, how: str) ->
         "foreign": not_a(path, "a hyperparameters file", "tune@circles"),
         "missing": no_such(path, "tune@circles"),
     }[how]
-    assert data_error(training.with_hparams, cfg) == expected
+    assert data_error(models.with_hparams, cfg) == expected
 
 
 @dataclass
@@ -418,22 +423,23 @@ class Search:
 
     settings: config.Config
     cfg: DictConfig
-    data: datasets.Split
+    data: Split
     folder: Path
     identity: dict
 
     def resumes(self) -> bool:
         """Whether `tune` would resume this search (and Keras Tuner reload it)."""
-        state = tune.read_state(self.folder)
-        if not tune.can_resume(state, self.identity, self.folder):
+        state = read_state(self.folder)
+        if not can_resume(state, self.identity, self.folder):
             return False
-        params = search_space.parse(self.settings.search_space)
-        args = (self.settings, self.cfg, params, self.data, self.folder)
-        tune.make_tuner(*args, resume=True, track=False)
+        params = space.parse(self.settings.search_space)
+        make_tuner(
+            Setup(self.settings, self.cfg, params, self.data, self.folder), resume=True, track=False
+        )
         return True
 
     def why_anew(self) -> str:
-        return tune.why_anew(tune.read_state(self.folder), self.identity, self.folder)
+        return why_anew(read_state(self.folder), self.identity, self.folder)
 
 
 @pytest.fixture(scope="module")
@@ -442,9 +448,9 @@ def search_folder(tmp_path_factory: pytest.TempPathFactory, circles_data: Path) 
     cfg = compose_config(overrides=SEARCH)
     settings = config.load(cfg)
     folder = tmp_path_factory.mktemp("search") / "search"
-    data = datasets.load_split(circles_data / "split/circles.npz")
-    params = search_space.parse(settings.search_space)
-    tune.search(settings, cfg, params, data, folder, resume=False, track=False)
+    data = load_split(circles_data / "split/circles.npz")
+    params = space.parse(settings.search_space)
+    search(Setup(settings, cfg, params, data, folder), resume=False, track=False)
     return folder
 
 
@@ -454,11 +460,11 @@ def searched(search_folder: Path, circles_data: Path, tmp_path: Path) -> Search:
     resume."""
     cfg = compose_config(overrides=SEARCH)
     split_file = circles_data / "split/circles.npz"
-    identity = tune.search_identity(cfg, split_file)
-    search = Search(config.load(cfg), cfg, datasets.load_split(split_file), tmp_path, identity)
+    identity = search_identity(cfg, split_file)
+    search = Search(config.load(cfg), cfg, load_split(split_file), tmp_path, identity)
     shutil.copytree(search_folder, search.folder, dirs_exist_ok=True)
     state = {"identity": identity, "parent_run_id": "0" * 32, "finished": False}
-    files.write_json(search.folder / tune.STATE_FILE, state)
+    files.write_json(search.folder / STATE_FILE, state)
     return search
 
 

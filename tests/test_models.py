@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import models, tracking
-from pipeline.config import AugmentConfig, Family, ModelConfig
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.core.config import AugmentConfig, Family, ModelConfig
+from pipeline.core.errors import ConfigError, TrainingError
 
 
 def layer_kinds(net) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.report import best_run
+from pipeline.reporting.champion import best_run
 
 
 def runs(val_accuracy: dict[str, float], params: dict[str, int] | None = None) -> pd.DataFrame:

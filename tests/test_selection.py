@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import selection
+from pipeline.core import selection
 
 
 def test_one_standard_error_of_an_accuracy_keeps_a_perfect_score_uncertain() -> None:

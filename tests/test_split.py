@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import SplitConfig
-from pipeline.errors import DataError
+from pipeline.core.config import SplitConfig
+from pipeline.core.errors import DataError
 from pipeline.split import keep_classes, split_parts
 
 PARTS = ("train", "val", "test")

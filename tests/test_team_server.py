@@ -22,8 +22,8 @@ from conftest import ROOT, stage_env, wait_until_answering
 from mlflow import MlflowClient
 from test_distributed import DISTRIBUTED
 
-from pipeline import team_server
-from pipeline.team_server import free_port
+from pipeline.tracking import postgres
+from pipeline.tracking.team_server import free_port
 
 START_TIMEOUT_S = 120
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}  # nothing here may leave loopback
@@ -37,7 +37,7 @@ class TeamServer:
 
 
 def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.team_server", *args]
+    return [sys.executable, "-m", "pipeline.tracking.team_server", *args]
 
 
 def _refused(*args: str) -> subprocess.CompletedProcess:
@@ -182,7 +182,7 @@ def test_the_team_server_stops_with_one_line_when_its_database_is_unreachable() 
     result = _refused("--backend-store-uri", store)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot reach the database {team_server.masked(store)}: ")
+    assert line.startswith(f"error: cannot reach the database {postgres.masked(store)}: ")
     assert "connection refused" in line.lower() and line.endswith("fix --backend-store-uri")
     assert "s3cret" not in line
 

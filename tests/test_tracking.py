@@ -177,7 +177,7 @@ def test_log_split_tells_parts_apart_by_their_whole_content(
 ) -> None:
     import numpy as np
 
-    from pipeline.datasets import Split
+    from pipeline.data.splits import Split
 
     def split(last_label: int) -> Split:
         x = np.zeros((20_000, 2), "float32")  # more values than MLflow's own digest reads
@@ -208,7 +208,7 @@ def test_runs_logging_the_same_new_dataset_at_once_all_get_it(
 
     import numpy as np
 
-    from pipeline.datasets import Split
+    from pipeline.data.splits import Split
 
     tracking.use_experiment("task")
     errors: list[Exception] = []
@@ -245,7 +245,7 @@ def test_an_interrupt_swallowed_by_a_garbage_collection_callback_is_raised_again
     printed: the stage would go on training with its run RUNNING (seen with a joblib sweep)."""
     code = """
 import gc, os, signal, sys, time
-from pipeline import interrupts
+from pipeline.core import interrupts
 
 interrupts.install()
 
@@ -282,7 +282,8 @@ sys.exit(1)
 SIGNAL_INSIDE_MLFLOW = """
 import os, signal
 from mlflow import MlflowClient
-from pipeline import interrupts, tracking
+from pipeline import tracking
+from pipeline.core import interrupts
 
 interrupts.install()
 tracking.use_experiment("task")

@@ -215,23 +215,6 @@ def test_a_bad_search_space_fails_before_any_work(
     assert not (project / "mlflow.db").exists()
 
 
-def test_same_seed_same_trials_and_same_best(run_stage, circles_split: Path, project: Path) -> None:
-    run_stage("tune", *TINY_SEARCH, "tuner.seed=7")
-    # By hand: into a Hydra job folder of its own, with no search state, so it searches again.
-    run_stage("tune", *TINY_SEARCH, "tuner.seed=7", by_hand=True)
-    (job,) = (project / "outputs").glob("*/*")
-    outcomes = [
-        (
-            pd.read_csv(root / REPORTS / "trials.csv").drop(columns="mlflow_run_id"),
-            yaml.safe_load((root / "models/circles/best_hparams.yaml").read_text()),
-        )
-        for root in (project, job)
-    ]
-    assert len(searches(project)) == 2
-    pd.testing.assert_frame_equal(outcomes[0][0], outcomes[1][0])
-    assert outcomes[0][1] == outcomes[1][1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
 def test_an_interrupted_search_resumes_without_redoing_finished_trials(
@@ -291,11 +274,11 @@ def test_a_code_change_starts_a_new_search_and_the_old_one_stays_finished(
 ) -> None:
     run_stage("tune", *TINY_SEARCH)
     ((old, _),) = searches(project)
-    with open(project / "pipeline/models.py", "a") as models:
+    with open(project / "pipeline/models/nets.py", "a") as models:
         models.write("# an edit to the code that builds the models\n")
 
     result = run_stage("tune", *TINY_SEARCH)
-    assert "code (models.py) changed" in result.stdout
+    assert "code (pipeline/models/nets.py) changed" in result.stdout
     (kept, _), (new, trials) = searches(project)
     assert (kept.info.status, kept.info.end_time) == ("FINISHED", old.info.end_time)
     assert new.info.status == "FINISHED"
@@ -327,7 +310,7 @@ def test_a_changed_search_ends_the_unfinished_one_it_replaces_killed(
 
 
 def test_the_score_plot_takes_keys_searched_only_under_a_condition(tmp_path: Path) -> None:
-    from pipeline import plots
+    from pipeline.reporting import plots
 
     trials = pd.DataFrame(
         {
@@ -345,29 +328,29 @@ def test_the_score_plot_takes_keys_searched_only_under_a_condition(tmp_path: Pat
 def test_a_boolean_choice_comes_back_as_a_boolean() -> None:
     import keras_tuner as kt
 
-    from pipeline import search_space
+    from pipeline.search import space
 
-    params = search_space.parse({"model": {"batch_norm": {"choice": [True, False]}}})
-    values = search_space.values_for(params, kt.HyperParameters())
+    params = space.parse({"model": {"batch_norm": {"choice": [True, False]}}})
+    values = space.values_for(params, kt.HyperParameters())
     assert values["model.batch_norm"] is True  # not 1, which would also compare equal
 
 
 def test_every_layers_units_are_in_the_space_before_a_trial_reaches_them() -> None:
     import keras_tuner as kt
 
-    from pipeline import search_space
+    from pipeline.search import space
 
-    params = search_space.parse(
+    params = space.parse(
         {"model": {"hidden_units": {"layers": [1, 3], "units": [16, 64], "step": 16}}}
     )
     hp = kt.HyperParameters()
     # One layer at first, yet the oracle is told of all three layers' units: declared only once
     # a trial reached them, the draws after that trial varied between processes.
-    assert search_space.values_for(params, hp) == {"model.hidden_units": [16]}
+    assert space.values_for(params, hp) == {"model.hidden_units": [16]}
     assert {p.name for p in hp.space} >= {f"model.hidden_units.{i}" for i in range(3)}
     hp.values["model.hidden_units.layers"] = 2
     hp.ensure_active_values()  # as the oracle does for a trial
-    assert len(search_space.values_for(params, hp)["model.hidden_units"]) == 2
+    assert len(space.values_for(params, hp)["model.hidden_units"]) == 2
 
 
 def test_a_search_stopped_after_its_last_trial_resumes_without_running_it_again(

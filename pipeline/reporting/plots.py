@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from pipeline.files import atomic_output  # noqa: E402
+from pipeline.core.files import atomic_output
 
 
 def learning_curves(histories: dict[str, pd.DataFrame], path: Path, title: str) -> None:
@@ -102,7 +102,7 @@ def best_so_far(trials: pd.DataFrame, objective: str, direction: str, path: Path
 
 def decision_boundary(net: object, x: np.ndarray, y: np.ndarray, path: Path, title: str) -> None:
     """P(class 1) over the plane of a 2-feature data set, with the points on top."""
-    from pipeline.models import predict_proba
+    from pipeline.models.nets import predict_proba
 
     pad = 0.5
     xs = np.linspace(x[:, 0].min() - pad, x[:, 0].max() + pad, 200)

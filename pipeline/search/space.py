@@ -21,8 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import config
-from pipeline.errors import ConfigError
+from pipeline.core import config
+from pipeline.core.errors import ConfigError
 
 SPEC_KEYS = {"choice", "min", "max", "step", "log", "layers", "units", "when"}
 _ABSENT = object()

@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.errors import DataError, OutputError
-from pipeline.files import atomic_output, sha256_of, write_failure
+from pipeline.core.errors import DataError, OutputError
+from pipeline.core.files import atomic_output, sha256_of, write_failure
 
 TIMEOUT_S = 60
 

@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline import backend, config, interrupts
-from pipeline.errors import PipelineError
+from pipeline.core import backend, config, interrupts
+from pipeline.core.errors import PipelineError
 
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
 # force, also in a test's temporary repository.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import OutputError
+from pipeline.core.errors import OutputError
 
 # The write errors that the place written to causes, not the code: what a user fixes there.
 NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}

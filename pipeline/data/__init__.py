@@ -1,0 +1,1 @@
+"""Data: sources fetched and verified, image files read, split files written and read."""

@@ -1,0 +1,79 @@
+"""Models: built from config (nets), fitted (fitting), saved and read back (saved).
+
+`from pipeline import models` gives all three; modules of this package import one another by
+name, not through here.
+"""
+
+from pipeline.models.fitting import (
+    Fitted,
+    batches,
+    epoch_orders,
+    fit,
+    fit_keras,
+    fit_sklearn,
+    learning_rate_schedule,
+    nan_guard,
+    with_hparams,
+)
+from pipeline.models.nets import (
+    PIXEL_MAX,
+    Inputs,
+    accuracy,
+    augment,
+    build_keras,
+    build_optimizer,
+    build_sklearn,
+    count_params,
+    inputs_of,
+    is_keras,
+    is_keras_net,
+    predict_proba,
+)
+from pipeline.models.saved import (
+    HISTORY_COLUMNS,
+    HISTORY_FILE,
+    KERAS_FILE,
+    RUN_FILE,
+    SKLEARN_FILE,
+    load,
+    read_history,
+    read_run,
+    save,
+    save_weights,
+    stage_of,
+)
+
+__all__ = [
+    "Fitted",
+    "HISTORY_COLUMNS",
+    "HISTORY_FILE",
+    "Inputs",
+    "KERAS_FILE",
+    "PIXEL_MAX",
+    "RUN_FILE",
+    "SKLEARN_FILE",
+    "accuracy",
+    "augment",
+    "batches",
+    "build_keras",
+    "build_optimizer",
+    "build_sklearn",
+    "count_params",
+    "epoch_orders",
+    "fit",
+    "fit_keras",
+    "fit_sklearn",
+    "inputs_of",
+    "is_keras",
+    "is_keras_net",
+    "learning_rate_schedule",
+    "load",
+    "nan_guard",
+    "predict_proba",
+    "read_history",
+    "read_run",
+    "save",
+    "save_weights",
+    "stage_of",
+    "with_hparams",
+]
