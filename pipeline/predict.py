@@ -121,8 +121,12 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(f"{USAGE}\n\n{__doc__}")
+        return
     try:
-        options, files = parse(sys.argv[1:] if argv is None else argv)
+        options, files = parse(argv)
         for path in files:
             if not path.is_file():
                 raise DataError(f"{path}: no such file")

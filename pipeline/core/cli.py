@@ -90,6 +90,11 @@ def stage(
         @functools.wraps(run)
         def main() -> None:
             os.environ[STAGE_PID] = str(os.getpid())
+            # Hydra names a job after the file of its main, this one: the stage's own name is
+            # what its --help, its log and its sweep folders should say.
+            module = sys.modules[run.__module__]  # __main__ under `python -m`: its spec names it
+            name = module.__spec__.name if module.__spec__ else run.__module__
+            sys.argv.insert(1, f"hydra.job.name={name.rpartition('.')[2]}")
             interrupts.install()  # also while a launcher's workers run the jobs
             wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
             # Makes Hydra raise a config error instead of printing its own multi-line report.
