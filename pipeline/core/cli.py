@@ -94,7 +94,7 @@ def stage(
             # what its --help, its log and its sweep folders should say.
             module = sys.modules[run.__module__]  # __main__ under `python -m`: its spec names it
             name = module.__spec__.name if module.__spec__ else run.__module__
-            sys.argv.insert(1, f"hydra.job.name={name.rpartition('.')[2]}")
+            sys.argv.append(f"hydra.job.name={name.rpartition('.')[2]}")
             interrupts.install()  # also while a launcher's workers run the jobs
             wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
             # Makes Hydra raise a config error instead of printing its own multi-line report.
