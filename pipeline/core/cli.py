@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.core import backend, config, interrupts
+from pipeline.core import backend, config, interrupts, timings
 from pipeline.core.errors import PipelineError
 
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
@@ -61,6 +62,7 @@ def stage(
 
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
+            work_started = time.time()
             interrupts.install()
             # A launcher's worker (joblib's) would train on, and then wait for more jobs,
             # after its sweep was killed outright.
@@ -86,6 +88,10 @@ def stage(
                     raise JobFailed(str(error)) from None
                 # Not raised: Hydra would add a line of its own to a single run's error.
                 failures.append(str(error))
+            finally:
+                timings.stage_done(
+                    HydraConfig.get().job.name, list(HydraConfig.get().overrides.task), work_started
+                )
 
         @functools.wraps(run)
         def main() -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core import backend, config
+from pipeline.core import backend, config, timings
 from pipeline.core.config import LrSchedule
 from pipeline.core.errors import ConfigError, DataError, TrainingError, missing, remake, unreadable
 from pipeline.core.files import seal_holds
@@ -99,15 +99,16 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
     start = time.perf_counter()
     epochs = settings.train.epochs
     validation = batches(data.x_val, data.y_val, batch_size)["x"] if len(data.y_val) else None
-    result = net.fit(
-        **batches(data.x_train, data.y_train, batch_size, settings.train.seed, epochs),
-        # None where crossval keeps no validation slice: nothing in training reads one.
-        validation_data=validation,
-        epochs=epochs,
-        shuffle=False,  # batches() shuffles; Keras would warn that it cannot
-        callbacks=callbacks,
-        verbose=2,
-    )
+    with timings.computing():
+        result = net.fit(
+            **batches(data.x_train, data.y_train, batch_size, settings.train.seed, epochs),
+            # None where crossval keeps no validation slice: nothing in training reads one.
+            validation_data=validation,
+            epochs=epochs,
+            shuffle=False,  # batches() shuffles; Keras would warn that it cannot
+            callbacks=callbacks,
+            verbose=2,
+        )
     seconds = time.perf_counter() - start
     history = pd.DataFrame(result.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
@@ -120,7 +121,8 @@ def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     spec = inputs_of(data.x_train, settings.dataset.standardize)
     net = build_sklearn(settings.model, spec, settings.train.epochs, settings.train.seed)
     start = time.perf_counter()
-    net.fit(data.x_train, data.y_train)
+    with timings.computing():
+        net.fit(data.x_train, data.y_train)
     seconds = time.perf_counter() - start
     # One row: the solver's final state, in the same columns as a Keras history.
     row = {"epoch": int(np.max(net[-1].n_iter_))}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core import timings
 from pipeline.core.config import AugmentConfig, Family, ModelConfig, Optimizer
 from pipeline.core.errors import ConfigError
 
@@ -189,10 +190,10 @@ def build_sklearn(model: ModelConfig, spec: Inputs, max_iter: int, seed: int) ->
 
 def predict_proba(net: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities, shape (n, n_classes), whatever kind of model `net` is."""
-    if not is_keras_net(net):
-        return net.predict_proba(x)
-    probs = net.predict(x, verbose=0, batch_size=1024)
-    if probs.shape[1] == 1:  # one sigmoid unit: P(class 1)
+    keras_net = is_keras_net(net)
+    with timings.computing():
+        probs = net.predict(x, verbose=0, batch_size=1024) if keras_net else net.predict_proba(x)
+    if keras_net and probs.shape[1] == 1:  # one sigmoid unit: P(class 1)
         return np.hstack([1 - probs, probs])
     return probs
 

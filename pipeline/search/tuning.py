@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline import models, tracking
-from pipeline.core import backend, config, interrupts
+from pipeline.core import backend, config, interrupts, timings
 from pipeline.core.errors import OutputError, unreadable
 from pipeline.data.splits import Split
 from pipeline.models.fitting import batches
@@ -96,12 +96,13 @@ def make_tuner(
             def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
                 epochs = kwargs["epochs"] - kwargs.get("initial_epoch", 0)
                 try:
-                    return net.fit(
-                        **batches(fit_x, fit_y, batch_size, seed, epochs),
-                        validation_data=batches(*held_out, batch_size)["x"],
-                        shuffle=False,  # batches() shuffles
-                        **kwargs,
-                    )
+                    with timings.computing():
+                        return net.fit(
+                            **batches(fit_x, fit_y, batch_size, seed, epochs),
+                            validation_data=batches(*held_out, batch_size)["x"],
+                            shuffle=False,  # batches() shuffles
+                            **kwargs,
+                        )
                 except OutputError as error:  # a checkpoint that could not be written
                     # Keras Tuner would take it for a bad trial and go on to the next, which a
                     # full or read-only folder fails alike.
