@@ -21,16 +21,18 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, circles_data: Path) -> t
     as training left it: set up once for the tests that only add to it or read it."""
     project = copy_project(tmp_path_factory.mktemp("evaluated") / "project")
     shutil.copytree(circles_data, project / "data")
+    timings = str(project / "timings.jsonl")  # benchmarks/repro_time.py's record of each stage
     stage_in(
         project,
         "train",
         "experiment=circles/baseline",
         "train.epochs=3",
         "tracking.system_metrics_interval=0.5",
+        PIPELINE_TIMINGS=timings,
     )
     run_id = json.loads((project / "models/circles/baseline/run.json").read_text())["run_id"]
     trained = mlflow_client(project).get_run(run_id).info
-    stage_in(project, "evaluate", "experiment=circles/baseline")
+    stage_in(project, "evaluate", "experiment=circles/baseline", PIPELINE_TIMINGS=timings)
     return project, trained
 
 
@@ -203,3 +205,15 @@ def test_evaluating_a_model_whose_run_is_not_in_the_store_fails_in_one_line(
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"MLflow run {'0' * 32} is not in the store" in last
+
+
+def test_each_stage_process_records_its_start_up_work_and_model_compute(
+    evaluated: tuple[Path, RunInfo],
+) -> None:
+    project, _ = evaluated
+    lines = [json.loads(line) for line in (project / "timings.jsonl").read_text().splitlines()]
+    assert [line["stage"] for line in lines] == ["train", "evaluate"]
+    assert "experiment=circles/baseline" in lines[0]["overrides"]
+    for line in lines:
+        # Imports and Hydra come before the work; the fit or the predictions are inside it.
+        assert line["startup_s"] > 0.5 and 0 < line["compute_s"] < line["work_s"], line
