@@ -363,3 +363,40 @@ def test_the_next_stage_ends_killed_the_runs_of_a_process_killed_outright(
     pid = orphan.data.tags["owner.pid"]
     assert orphan.data.tags["failure_reason"].startswith(f"its process (pid {pid} on ")
     assert store.get_run(mine.info.run_id).info.status == "RUNNING"
+
+
+COOPERATIVE = """
+import os, signal, time
+from pipeline.core import interrupts
+
+interrupts.install()
+interrupts.COOPERATION_GRACE_S = 1.0
+reached = []
+try:
+    with interrupts.cooperative():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        reached.append("after the signal")
+        if {safe_point}:
+            interrupts.safe_point()
+        time.sleep(5)  # one batch that never ends: the grace is over first
+        reached.append("end of the batch")
+except KeyboardInterrupt:
+    print("interrupted after", reached)
+"""
+
+
+@pytest.mark.parametrize("safe_point", [True, False], ids=["at-a-batch-end", "after-the-grace"])
+def test_a_signal_inside_a_fit_waits_for_a_batch_end_or_the_grace(safe_point: bool) -> None:
+    """A KeyboardInterrupt raised anywhere in a fit came out of TensorFlow's C++ bindings as a
+    RuntimeError, or out of an MLflow write with its SQLite transaction left locked: in a fit,
+    a signal is acted on where Keras calls its callbacks, or when a batch takes too long."""
+    result = subprocess.run(
+        [sys.executable, "-c", COOPERATIVE.format(safe_point=safe_point)],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "interrupted after ['after the signal']", result.stderr

@@ -1,10 +1,16 @@
 """Ctrl-C and SIGTERM: a stage unwinds as KeyboardInterrupt, so that its open MLflow runs end
 KILLED, whenever the signal comes.
 
-Two moments would otherwise lose a run: MLflow creates a run's record before `start_run`
-returns (and ends it in steps), so an interrupt landing inside either left the run RUNNING for
-ever. Code that starts or ends runs does it inside `deferred()`: a signal that comes then is
-acted on as the block ends, once the run is open or closed.
+A KeyboardInterrupt raised at an arbitrary moment can land where nothing recovers from it:
+inside MLflow's start or end of a run (the run's record made, or half-ended: RUNNING for ever),
+inside one of its SQLite writes (the aborted transaction kept the database locked, so the run
+could not be ended KILLED), inside TensorFlow's C++ bindings (the interrupt came out as a
+RuntimeError, the run FAILED). So a signal is acted on at moments known to be safe:
+
+- `deferred()` blocks (a run's start and end): at the block's end;
+- `cooperative()` blocks (a model's fit): at the next batch's end (`keras_callback`), or after
+  COOPERATION_GRACE_S if no batch ends by then;
+- anywhere else (start-up, between steps): at once.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
+COOPERATION_GRACE_S = 10.0  # how long a fit may take to reach a batch's end before it is cut
 
 _acting_on: list[int] = []  # the signal being acted on, once one came
-_held: list[int] = []  # a signal that came inside deferred(), to act on at its end
+_held: list[int] = []  # a signal that came inside a block, to act on at a safe moment
 _depth = 0  # how many deferred() blocks are open
+_cooperating = 0  # how many cooperative() blocks are open
 
 
 def install() -> None:
@@ -35,10 +43,20 @@ def install() -> None:
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    if _depth:
+    if _depth or _cooperating:
         _held[:] = [signum]
+        if _cooperating and not _depth:  # a fit stuck in one batch is cut short all the same
+            signal.signal(signal.SIGALRM, lambda *_: safe_point())
+            signal.setitimer(signal.ITIMER_REAL, COOPERATION_GRACE_S)
         return
     _act_on(signum)
+
+
+def safe_point() -> None:
+    """A moment where a held signal may be acted on: outside deferred() blocks."""
+    if _held and not _depth:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _act_on(_held.pop())
 
 
 def _act_on(signum: int) -> None:
@@ -72,6 +90,38 @@ def deferred() -> Iterator[None]:
         _depth -= 1
     if not _depth and _held:
         _act_on(_held.pop())
+
+
+@contextlib.contextmanager
+def cooperative() -> Iterator[None]:
+    """A model's fit: a signal that comes inside it is acted on at a batch's end, where Keras
+    hands control to its callbacks (`keras_callback` must be among them)."""
+    global _cooperating
+    _cooperating += 1
+    try:
+        yield
+    finally:
+        _cooperating -= 1
+    if not _cooperating:
+        safe_point()
+
+
+def keras_callback() -> Any:
+    """The Keras callback that gives a fit inside `cooperative()` its safe moments. Put it
+    last: the callbacks before it (MLflow's) finish their batch or epoch first."""
+    import keras
+
+    class SafePoints(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            safe_point()
+
+        def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            safe_point()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            safe_point()
+
+    return SafePoints()
 
 
 def _unraisable(hook: Any) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core import backend, config, timings
+from pipeline.core import backend, config, interrupts, timings
 from pipeline.core.config import LrSchedule
 from pipeline.core.errors import ConfigError, DataError, TrainingError, missing, remake, unreadable
 from pipeline.core.files import seal_holds
@@ -95,11 +95,12 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
         settings.train.lr_schedule, settings.model.optimizer.lr, settings.train.epochs
     )
     callbacks.append(nan_guard(TrainingError))
+    callbacks.append(interrupts.keras_callback())  # where Ctrl-C stops the fit
     batch_size = settings.train.batch_size
     start = time.perf_counter()
     epochs = settings.train.epochs
     validation = batches(data.x_val, data.y_val, batch_size)["x"] if len(data.y_val) else None
-    with timings.computing():
+    with timings.computing(), interrupts.cooperative():
         result = net.fit(
             **batches(data.x_train, data.y_train, batch_size, settings.train.seed, epochs),
             # None where crossval keeps no validation slice: nothing in training reads one.

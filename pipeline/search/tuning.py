@@ -96,7 +96,7 @@ def make_tuner(
             def fit_on(net: Any, fit_x: Any, fit_y: Any, held_out: tuple) -> Any:
                 epochs = kwargs["epochs"] - kwargs.get("initial_epoch", 0)
                 try:
-                    with timings.computing():
+                    with timings.computing(), interrupts.cooperative():
                         return net.fit(
                             **batches(fit_x, fit_y, batch_size, seed, epochs),
                             validation_data=batches(*held_out, batch_size)["x"],
@@ -247,6 +247,7 @@ def search(setup: Setup, resume: bool, track: bool = True, parent_run_id: str | 
         )
     # A diverged trial ends FAILED; Keras' TerminateOnNaN alone would let it be scored.
     callbacks.append(models.nan_guard(kt.errors.FailedTrialError))
+    callbacks.append(interrupts.keras_callback())  # where Ctrl-C stops a trial
     x, y = budget_subset(data, settings.tuner.train_fraction, settings.tuner.seed)
     validation = (data.x_val, data.y_val)
     if settings.tuner.cv_folds:  # SearchModel.fit cuts the folds from both parts together
