@@ -400,3 +400,27 @@ def test_a_signal_inside_a_fit_waits_for_a_batch_end_or_the_grace(safe_point: bo
         timeout=60,
     )
     assert result.stdout.strip() == "interrupted after ['after the signal']", result.stderr
+
+
+def test_a_process_unwinding_for_a_signal_still_counts_as_one_to_wait_for() -> None:
+    """A sweep waits for its launcher's workers to end their runs, but not for children that
+    ignore SIGTERM (joblib's resource tracker). A worker that got the group's Ctrl-C first and
+    ignored further signals looked like one: the sweep exited, and joblib killed the worker
+    with its runs RUNNING (benchmarks/stress_interrupts.py, sweep-joblib SIGINT)."""
+    code = """
+import os, signal
+from pipeline.core import interrupts
+
+interrupts.install()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    os.kill(os.getpid(), signal.SIGTERM)  # the sweep's, after the group's Ctrl-C: dropped
+    print("unwinding; looks like it ignores SIGTERM:", interrupts._ignores_sigterm(os.getpid()))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=stage_env(), capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "unwinding; looks like it ignores SIGTERM: False", (
+        result.stdout + result.stderr
+    )

@@ -61,11 +61,17 @@ def safe_point() -> None:
 
 def _act_on(signum: int) -> None:
     # A second signal (Ctrl-C again, a process group's SIGINT with our SIGTERM) would cut the
-    # unwinding short and leave runs RUNNING.
+    # unwinding short and leave runs RUNNING. Caught and dropped, not SIG_IGN: a launcher's
+    # worker ignoring SIGTERM would look to its sweep's stop_children like joblib's resource
+    # tracker, and the sweep would not wait for it to end its runs (joblib then kills it).
     for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
+        signal.signal(stop, _dropped)
     stop_children()
     _raise(signum)
+
+
+def _dropped(signum: int, frame: object) -> None:
+    pass
 
 
 def _raise(signum: int, *_: object) -> None:
@@ -127,11 +133,12 @@ def keras_callback() -> Any:
 def _unraisable(hook: Any) -> None:
     """Raise again an interrupt that Python swallowed: one raised while a garbage-collection
     callback or a __del__ ran (JAX's, TensorFlow's) is printed and dropped, and the training
-    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback."""
+    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback;
+    armed after the report is printed, since one raised inside the printing is lost for good."""
+    sys.__unraisablehook__(hook)
     if isinstance(hook.exc_value, KeyboardInterrupt) and _acting_on:
         signal.signal(signal.SIGALRM, functools.partial(_raise, _acting_on[0]))
         signal.setitimer(signal.ITIMER_REAL, 0.01)
-    sys.__unraisablehook__(hook)
 
 
 def die_with(parent: int) -> bool:
