@@ -17,11 +17,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import yaml
 from sklearn.datasets import make_circles
 
 from pipeline import predict, tracking
-from pipeline.core import config
-from pipeline.data.images import grayscale
+from pipeline.core.config import Color
+from pipeline.data.images import decode
 from pipeline.data.sources import read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,25 +63,22 @@ def main() -> None:
     print(f"mnist (official test IDX files): {accuracy:.4f}, reported {reported:.4f}")
 
     photos = sorted((args.datasets / "sign_language_digits" / "Dataset").glob("[0-9]/*"))
-    pixels = np.stack([grayscale(photo.read_bytes(), 64, str(photo)) for photo in photos])
+    pixels = np.stack([decode(photo.read_bytes(), 64, Color.grayscale) for photo in photos])
     for task in ("sign_digits", "sign_digits_01"):
         x_test, y_test = test_part(task)
         rows = rows_of(pixels, x_test)
         accuracy, reported = score(task, pixels[rows], y_test)
         print(f"{task} ({len(rows)} test photos): {accuracy:.4f}, reported {reported:.4f}")
 
-    source = config.CirclesSource()
-    points, _ = make_circles(
-        n_samples=source.n_samples, shuffle=source.shuffle, noise=source.noise,
-        random_state=source.random_state, factor=source.factor,
-    )  # fmt: skip
+    params = yaml.safe_load((ROOT / "conf" / "source" / "circles.yaml").read_text())["params"]
+    points, _ = make_circles(**params)
     points = points.astype(np.float32)
     x_test, y_test = test_part("circles")
     x = points[rows_of(points, x_test)]
     accuracy, reported = score("circles", x, y_test)
     print(f"circles (test points, generated afresh): {accuracy:.4f}, reported {reported:.4f}")
     fresh, truth = make_circles(
-        n_samples=1000, noise=source.noise, factor=source.factor, random_state=12345
+        n_samples=1000, noise=params["noise"], factor=params["factor"], random_state=12345
     )
     accuracy, _ = score("circles", fresh, truth)
     print(f"circles (1,000 fresh points, seed 12345): {accuracy:.4f}")

@@ -1,8 +1,11 @@
-"""Stage fetch: one source, downloaded (or read from a mirror folder), verified, as arrays.
+"""Stage fetch: one source, read from a local path or downloaded (or taken from a mirror
+folder), verified and checked, as arrays.
 
-    python -m pipeline.fetch source=mnist|sign_digits|circles
+    python -m pipeline.fetch source=mnist|sign_digits|circles|<your source>
 
-Writes data/raw/<source>.npz; verified downloads are kept in data/downloads/.
+Writes data/raw/<source>.npz and its data summary, data/raw/<source>.json (samples per class,
+image sizes and modes, columns and types, exact copies, dropped files); verified downloads are
+kept in data/downloads/<source>/.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from omegaconf import DictConfig
 
 from pipeline.core import config
 from pipeline.core.cli import stage
-from pipeline.core.files import save_npz
-from pipeline.data.sources import fetch_mnist, fetch_sign_digits, make_circles
+from pipeline.core.files import all_or_none, save_npz
+from pipeline.data.checks import summary_file, write_summary
+from pipeline.data.sources import fetch
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +33,14 @@ def main(cfg: DictConfig) -> None:
     if mirror is not None:
         log.info("taking %s from the mirror %s", source.name, mirror)
 
-    if isinstance(source, config.MnistSource):
-        arrays = fetch_mnist(source, downloads, mirror)
-    elif isinstance(source, config.SignDigitsSource):
-        arrays = fetch_sign_digits(source, downloads, mirror)
-    else:
-        arrays = make_circles(source)
+    fetched = fetch(source, downloads, mirror)
 
     out = settings.paths.write.raw_file(source.name)
-    save_npz(out, **arrays)
-    log.info("%s: %s", out, {key: value.shape for key, value in arrays.items()})
+    with all_or_none(out, summary_file(out)):
+        save_npz(out, **fetched.arrays)
+        write_summary(out, fetched.summary)
+    log.info("%s: %s", out, {key: value.shape for key, value in fetched.arrays.items()})
+    log.info("data summary: %s", summary_file(out))
 
 
 if __name__ == "__main__":

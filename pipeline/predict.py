@@ -5,8 +5,8 @@
     python -m pipeline.predict model=runs:/<run id>/model images.npy
 
 Loads the task's champion (`models:/<task>@champion`) from the MLflow store, or the model URI
-given. Inputs are what the source provides: image files (PNG, JPEG, ...) made grayscale and
-resized exactly as `fetch` does, a .npy array of images or points, or a .csv of points, one per
+given. Inputs are what the source provides: image files (PNG, JPEG, ...) made grayscale or RGB
+and resized exactly as `fetch` does, a .npy array of images or points, or a .csv of points, one per
 row. The model does its own scaling; nothing else is applied.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.config import Color
 from pipeline.core.errors import DataError, PipelineError
-from pipeline.data.images import grayscale
+from pipeline.data.images import IMAGE_SUFFIXES, decode
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 USAGE = (
     "usage: python -m pipeline.predict task=<task> | model=<model URI> "
     "[tracking.uri=<store>] [tracking.experiment_prefix=<prefix>] "
@@ -38,7 +38,8 @@ class Inputs:
 
 def read_inputs(paths: list[Path], shape: tuple[int, ...]) -> Inputs:
     """The inputs in `paths` as one array of the model's input `shape` (without the batch
-    axis): (rows, cols) for grayscale images, (features,) for points."""
+    axis): (rows, cols) for grayscale images, (rows, cols, 3) for colour ones, (features,) for
+    points."""
     names: list[str] = []
     parts: list[np.ndarray] = []
     for path in paths:
@@ -55,16 +56,17 @@ def read_inputs(paths: list[Path], shape: tuple[int, ...]) -> Inputs:
         elif suffix == ".csv":
             array = _read_csv(path)
         elif suffix in IMAGE_SUFFIXES:
-            if len(shape) != 2:
+            if len(shape) == 1:
                 raise DataError(
                     f"{path}: the model takes points of {shape[0]} values, not images; "
                     "give a .csv or .npy of points"
                 )
-            array = grayscale(path.read_bytes(), shape[0], origin=str(path))[np.newaxis]
+            color = Color.grayscale if len(shape) == 2 else Color.rgb
+            array = decode(path.read_bytes(), shape[0], color, origin=str(path))[np.newaxis]
         else:
             raise DataError(
                 f"{path}: unknown kind of file '{suffix}'; give images "
-                f"({', '.join(sorted(IMAGE_SUFFIXES))}), a .npy or a .csv"
+                f"({', '.join(IMAGE_SUFFIXES)}), a .npy or a .csv"
             )
         if array.shape[1:] != shape:
             raise DataError(

@@ -29,16 +29,17 @@ from tiny_data import (
     write_sign_digits_mirror,
 )
 
-from pipeline.core.config import MnistSource, SignDigitsSource
+from pipeline.core.config import Color, IdxSource, ImageFolderSource
 from pipeline.core.errors import DataError
 from pipeline.data.download import fetch_verified
-from pipeline.data.sources import MIRROR_FOLDERS, fetch_mnist, fetch_sign_digits, read_idx
+from pipeline.data.folders import fetch_image_folder
+from pipeline.data.sources import fetch_idx, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 PAYLOAD = b"verified payload\n" * 100
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 ARCHIVE_FOLDER = "Sign-Language-Digits-Dataset-0123abc"
-ERRATA = {"2/IMG_5176.JPG": 3, "3/IMG_5108.JPG": 7}
+ERRATA = {"2/IMG_5176.JPG": "3", "3/IMG_5108.JPG": "7"}
 # Either way of fixing a failed fetch counts: another source, or a fresh download.
 FIXES = ("PIPELINE_DATA_MIRROR", "fetch again", "fetch it again")
 
@@ -282,7 +283,8 @@ def expected_mnist(mirror: Path) -> dict[str, np.ndarray]:
 
 
 def assert_same_arrays(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(expected)
+    assert set(got) == {*expected, "class_names"}
+    assert got["class_names"].tolist() == [str(digit) for digit in range(10)]
     for key, array in expected.items():
         assert got[key].dtype == np.uint8, key
         np.testing.assert_array_equal(got[key], array, err_msg=key)
@@ -293,9 +295,9 @@ def test_fetch_mnist_from_server(server: Server, tmp_path: Path) -> None:
     digests = write_mnist_mirror(mirror, n_train=30, n_test=20)
     for name in digests:
         server.files[f"/mnist/{name}"] = (mirror / "mnist" / name).read_bytes()
-    source = MnistSource(urls=[server.url + "/mnist/"], files=digests)
+    source = IdxSource(name="mnist", urls=[server.url + "/mnist/"], files=digests)
 
-    arrays = fetch_mnist(source, tmp_path / "downloads", mirror=None)
+    arrays = fetch_idx(source, tmp_path / "downloads", mirror=None).arrays
 
     assert arrays["x"].shape == (30, 28, 28)
     assert arrays["x_test"].shape == (20, 28, 28)
@@ -307,12 +309,12 @@ def test_fetch_mnist_from_server(server: Server, tmp_path: Path) -> None:
 def test_fetch_mnist_from_mirror_folder(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     digests = write_mnist_mirror(mirror, n_train=30, n_test=20)
-    source = MnistSource(urls=[f"http://127.0.0.1:{closed_port()}/"], files=digests)
+    source = IdxSource(name="mnist", urls=[f"http://127.0.0.1:{closed_port()}/"], files=digests)
 
-    arrays = fetch_mnist(source, tmp_path / "downloads", mirror=mirror)
+    arrays = fetch_idx(source, tmp_path / "downloads", mirror=mirror).arrays
 
     # tiny_data writes mirror/mnist/: the folder the pipeline must look in, as in shared/datasets.
-    assert MIRROR_FOLDERS["mnist"] == "mnist"
+    assert source.mirror_folder == "mnist"
     assert arrays["x"].shape == (30, 28, 28)
     assert_same_arrays(arrays, expected_mnist(mirror))
 
@@ -368,15 +370,25 @@ def test_read_idx_rejects_a_truncated_header(tmp_path: Path) -> None:
 # ---- Sign Language Digits -----------------------------------------------------------------
 
 
-def sign_source(url: str, digest: str, **overrides: object) -> SignDigitsSource:
+def sign_source(url: str, digest: str, **overrides: object) -> ImageFolderSource:
+    """conf/source/sign_digits.yaml's settings, for the tiny copy at `url`."""
     settings: dict[str, object] = {
-        "archive_url": url,
-        "archive_folder": ARCHIVE_FOLDER,
+        "name": "sign_digits",
+        "url": url,
         "content_sha256": digest,
+        "mirror": "sign_language_digits",
+        "folder": "Dataset",
         "image_size": 16,
+        "color": Color.grayscale,
         "label_errata": dict(ERRATA),
     }
-    return SignDigitsSource(**{**settings, **overrides})
+    return ImageFolderSource(**{**settings, **overrides})
+
+
+def fetch_sign_digits(
+    source: ImageFolderSource, downloads: Path, mirror: Path | None
+) -> dict[str, np.ndarray]:
+    return fetch_image_folder(source, downloads, mirror).arrays
 
 
 @pytest.fixture
@@ -396,7 +408,7 @@ def assert_sign_arrays(arrays: dict[str, np.ndarray], errata_applied: bool) -> N
         assert int(arrays["errata_changed"]) == 2
         assert sorted(names[i] for i in changed) == sorted(ERRATA)
         for name, digit in ERRATA.items():
-            assert arrays["y"][names.index(name)] == digit
+            assert arrays["y"][names.index(name)] == int(digit)
     else:
         assert int(arrays["errata_changed"]) == 0
         assert changed.size == 0
@@ -413,6 +425,7 @@ def test_fetch_sign_digits_from_server(
 
     assert_sign_arrays(arrays, errata_applied=True)
     assert (downloads / "sign_digits" / "archive.zip").read_bytes() == server.files["/archive.zip"]
+    assert arrays["class_names"].tolist() == [str(digit) for digit in range(10)]
 
 
 def test_fetch_sign_digits_without_errata(

@@ -41,7 +41,8 @@ def raw_test_inputs(
     are in the test parts."""
     from sklearn.datasets import make_circles
 
-    from pipeline.data.images import grayscale
+    from pipeline.core.config import Color
+    from pipeline.data.images import decode
 
     def part(task: str) -> tuple[np.ndarray, list[str]]:
         with np.load(repo / f"data/split/{task}.npz") as split:
@@ -69,7 +70,7 @@ def raw_test_inputs(
     size = int(
         re.search(r"image_size: (\d+)", (repo / "conf/source/sign_digits.yaml").read_text())[1]
     )
-    pixels = np.stack([grayscale(photo.read_bytes(), size) for photo in photos])
+    pixels = np.stack([decode(photo.read_bytes(), size, Color.grayscale) for photo in photos])
     for task in {"sign_digits", "sign_digits_01"} & set(tasks):
         x_test, truth = part(task)
         inputs.append((task, [str(photos[row]) for row in rows_in(pixels, x_test)], truth))

@@ -5,6 +5,8 @@ Samples are their own ids (x = arange(n)), so a test can follow every sample int
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,72 @@ def test_keep_classes_rejects_a_label_not_in_the_data() -> None:
 
     with pytest.raises(DataError, match=r"\[7\]"):
         keep_classes(np.arange(5), y, [0, 7])
+
+
+def test_without_copies_the_parts_are_sklearns_stratified_split() -> None:
+    # What keeps the built-in tasks' split files byte-identical to those before copies were
+    # looked for: the same two train_test_split calls, in the same order.
+    from sklearn.model_selection import train_test_split
+
+    x, y = ids_and_labels()
+    split = SplitConfig(val_fraction=0.15, test_fraction=0.15, seed=4)
+
+    parts = split_parts(x, y, split)
+
+    rest, x_test, y_rest, _ = train_test_split(x, y, test_size=0.15, stratify=y, random_state=4)
+    x_train, x_val = train_test_split(
+        rest, test_size=0.15 / 0.85, stratify=y_rest, random_state=4
+    )
+    for part, expected in (("train", x_train), ("val", x_val), ("test", x_test)):
+        np.testing.assert_array_equal(parts[f"x_{part}"], expected)
+
+
+def test_copies_of_a_sample_land_in_its_part() -> None:
+    x, y = ids_and_labels()
+    x = x.copy()
+    # Ten groups of exact copies: samples 10k, 10k+1 and 10k+2 are all sample 10k.
+    for k in range(10):
+        x[10 * k + 1] = x[10 * k + 2] = x[10 * k]
+        y[10 * k + 1] = y[10 * k + 2] = y[10 * k]
+
+    parts = split_parts(x, y, SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=0))
+
+    assert sum(len(parts[f"x_{part}"]) for part in PARTS) == len(x)
+    for k in range(10):
+        holding = [part for part in PARTS if np.isin(10 * k, parts[f"x_{part}"])]
+        assert len(holding) == 1
+        assert np.sum(parts[f"x_{holding[0]}"] == 10 * k) == 3
+
+
+def test_a_given_part_loses_its_copies_of_training_samples() -> None:
+    x, y = ids_and_labels()
+    x_val, y_val = np.array([3, 1001, 1002]), np.array([y[3], 1, 2], np.uint8)
+    x_test, y_test = np.array([1001, 7, 1003]), np.array([1, y[7], 3], np.uint8)
+
+    parts = split_parts(x, y, SplitConfig(), (x_test, y_test), (x_val, y_val))
+
+    np.testing.assert_array_equal(parts["x_train"], x)
+    np.testing.assert_array_equal(parts["x_val"], [1001, 1002])
+    np.testing.assert_array_equal(parts["x_test"], [1003])
+
+
+def test_a_class_too_small_for_the_split_is_one_line_naming_it(project: Path) -> None:
+    from conftest import stage_in
+
+    y = np.array([0] * 20 + [1] * 20 + [2] * 3, np.uint8)
+    raw = project / "data" / "raw"
+    raw.mkdir(parents=True)
+    np.savez(raw / "mine.npz", x=np.arange(len(y), dtype=np.float32)[:, None], y=y,
+             class_names=np.array(["ant", "bee", "wasp"]))  # fmt: skip
+    (project / "conf" / "dataset" / "mine.yaml").write_text(
+        "name: mine\nsource: mine\nsplit: {val_fraction: 0.2, test_fraction: 0.2}\n"
+    )
+
+    result = stage_in(project, "split", "dataset=mine", check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: class wasp has 3 samples; cutting val 0.2 and test 0.2 of it (dataset.split) "
+        "needs at least 5 per class: add samples of wasp, or leave it out with dataset.classes"
+    )
+    assert not (project / "data" / "split").exists()

@@ -12,6 +12,7 @@ import io
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,3 +135,66 @@ def sign_digits_zip(mirror: Path, archive_folder: str) -> bytes:
             for path in sorted(folder.iterdir()):
                 add(f"Dataset/{folder.name}/{path.name}", path.read_bytes())
     return buffer.getvalue()
+
+
+def _photo(label: int, size: tuple[int, int], rgb: bool, rng: np.random.Generator) -> Any:
+    """A picture whose class is easy to learn: a bright vertical bar at a place set by `label`."""
+    from PIL import Image
+
+    width, height = size
+    pixels = rng.integers(20, 70, size=(height, width, 3), dtype=np.uint8)
+    left = (1 + 3 * label) * width // 12
+    pixels[:, left : left + max(2, width // 8)] = (240, 220, 200)
+    image = Image.fromarray(pixels)
+    return image if rgb else image.convert("L")
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "fox"),
+    per_class: int = 12,
+    parts: tuple[str, ...] = (),
+    seed: int = 0,
+) -> list[Path]:
+    """A folder of one's own photos: one subfolder per class (under each of `parts`, e.g.
+    train/ val/ test/, if given), JPEG and PNG files of mixed sizes, grayscale but for one RGB
+    image, a nested folder, and hidden files and folders that must be skipped. Returns the
+    image files written."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for part_index, part in enumerate(parts or ("",)):
+        count = per_class if part in ("", "train") else max(2, per_class // 3)
+        for label, name in enumerate(classes):
+            folder = root / part / name
+            for index in range(count):
+                size = ((24, 24), (40, 30), (31, 57))[index % 3]
+                rgb = part_index == label == index == 0  # one RGB image among grayscale ones
+                suffix = ".png" if index % 2 else ".jpg"
+                nested = folder / "more" if index == count - 1 else folder
+                path = nested / f"{name}_{part or 'all'}_{index:03d}{suffix}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _photo(label, size, rgb, rng).save(path, quality=95)
+                written.append(path)
+            (folder / ".DS_Store").write_bytes(b"\0\1 not an image")
+    (root / ".cache").mkdir(parents=True, exist_ok=True)
+    (root / ".cache" / "thumb.jpg").write_bytes(b"hidden folders are skipped")
+    return written
+
+
+def write_table(path: Path, seed: int = 0, rows: int = 120) -> None:
+    """scikit-learn's iris as a CSV of one's own: the species as text (the label), and a
+    categorical column of text (the colour of the flower's pot) that helps predict it."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(iris.target))[:rows]
+    pots = np.array(["red", "green", "blue"])
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,pot,species"]
+    for i in order:
+        label = int(iris.target[i])
+        pot = pots[label] if rng.random() < 0.8 else pots[rng.integers(3)]
+        values = ",".join(f"{v:.1f}" for v in iris.data[i])
+        lines.append(f"{values},{pot},{iris.target_names[label]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

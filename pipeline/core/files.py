@@ -174,3 +174,15 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def all_or_none(*paths: str | Path) -> Iterator[None]:
+    """Outputs written together (each with `atomic_output`): if the block fails, all of
+    `paths` are removed, so that none is left beside another's older or newer version."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            _remove(Path(path))
+        raise

@@ -1,66 +1,145 @@
-"""The sources: how each data set becomes arrays, verified, from the network or a mirror.
+"""The sources: each kind of data made into arrays, verified, from the network, a mirror folder
+or a local path, and the checks every kind passes (`fetch`).
 
-A fetched source is `data/raw/<source>.npz` holding `x`, `y` (and `x_test`, `y_test` where the
-source ships its own test set).
+A fetched source is `data/raw/<source>.npz` holding `x`, `y` and `class_names` (and `x_val`,
+`y_val`, `x_test`, `y_test` where the source gives those parts, `names` where its samples have
+names), with its data summary beside it (data/raw/<source>.json).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import struct
-import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.core.config import CirclesSource, MnistSource, SignDigitsSource
-from pipeline.core.errors import DataError, OutputError
-from pipeline.core.files import atomic_output
-from pipeline.data.download import download, fetch_verified
-from pipeline.data.images import grayscale
-
-# Where each source sits inside a mirror folder laid out like ../shared/datasets.
-MIRROR_FOLDERS = {"mnist": "mnist", "sign_digits": "sign_language_digits"}
-
+from pipeline.core.config import (
+    IdxSource,
+    ImageFolderSource,
+    SklearnSource,
+    TableSource,
+)
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.checks import (
+    Fetched,
+    class_counts,
+    content_keys,
+    duplicates_summary,
+    require_classes,
+)
+from pipeline.data.download import fetch_verified
+from pipeline.data.folders import fetch_image_folder
+from pipeline.data.tables import fetch_table
 
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3
+PARTS = (("x", "y"), ("x_val", "y_val"), ("x_test", "y_test"))
 
 
-def fetch_mnist(source: MnistSource, downloads: Path, mirror: Path | None) -> dict[str, np.ndarray]:
-    arrays = {}
-    for name, sha256 in source.files.items():
-        mirror_file = mirror / MIRROR_FOLDERS["mnist"] / name if mirror else None
-        path = fetch_verified(name, source.urls, sha256, downloads / "mnist" / name, mirror_file)
-        arrays[name] = read_idx(path)
-    pick = {  # file name prefix -> array name
-        "train-images": "x",
-        "train-labels": "y",
-        "t10k-images": "x_test",
-        "t10k-labels": "y_test",
+def fetch(source: Any, downloads: Path, mirror: Path | None) -> Fetched:
+    """The source's arrays and data summary: its classes counted, its exact copies found; a
+    data set of one class, or with a class of no samples, stops here."""
+    kinds = {
+        ImageFolderSource: fetch_image_folder,
+        TableSource: fetch_table,
+        IdxSource: fetch_idx,
+        SklearnSource: generate,
     }
-    out = {}
-    for name, array in arrays.items():
-        key = next((key for prefix, key in pick.items() if name.startswith(prefix)), None)
-        if key is None:
-            raise DataError(f"source.files: {name} is not one of the four MNIST files")
-        out[key] = array
-    if set(out) != set(pick.values()):
-        raise DataError(f"source.files must list the four MNIST files, got {sorted(arrays)}")
-    return out
+    fetched = kinds[type(source)](source, downloads, mirror)
+    arrays = fetched.arrays
+    class_names = [str(name) for name in arrays["class_names"]]
+    parts = [(x, y) for x, y in PARTS if x in arrays]
+    y_all = np.concatenate([arrays[y] for _, y in parts])
+    require_classes(y_all, class_names, f"source {source.name}")
+    keys = np.concatenate([content_keys(arrays[x]) for x, _ in parts])
+    part_names = {x: x.removeprefix("x_") if x != "x" else "train" for x, _ in parts}
+    if "names" in arrays:
+        names = [str(name) for name in arrays["names"]]
+    else:  # "train 1", "test 5": a sample by its part and its place in it
+        names = [f"{part_names[x]} {i + 1}" for x, _ in parts for i in range(len(arrays[x]))]
+    fetched.summary = {
+        "source": source.name,
+        "kind": source.kind.value,
+        "samples": len(y_all),
+        "classes": class_counts(y_all, class_names),
+        "shape": list(arrays["x"].shape[1:]),
+        "duplicates": duplicates_summary(keys, y_all, names, class_names),
+        **fetched.summary,
+    }
+    if len(parts) > 1:  # the parts the source gives
+        fetched.summary["parts"] = {part_names[x]: len(arrays[x]) for x, _ in parts}
+    return fetched
+
+
+def fetch_idx(source: IdxSource, downloads: Path, mirror: Path | None) -> Fetched:
+    """The IDX files of MNIST and its kin (Fashion-MNIST, KMNIST, EMNIST): images or labels by
+    each file's magic number, the training or test part by its name."""
+    parts: dict[tuple[str, int], np.ndarray] = {}
+    for name, sha256 in source.files.items():
+        mirror_file = mirror / source.mirror_folder / name if mirror else None
+        path = fetch_verified(
+            name, source.urls, sha256, downloads / source.name / name, mirror_file
+        )
+        array = read_idx(path)
+        part = "test" if "t10k" in name or "test" in name else "train" if "train" in name else None
+        if part is None:
+            raise ConfigError(
+                f"source.files: {name} names neither a train nor a test part (t10k or test)"
+            )
+        if source.transpose and array.ndim == 3:
+            array = np.ascontiguousarray(array.transpose(0, 2, 1))
+        parts[part, array.ndim] = array
+    if sorted(parts) != [("test", 1), ("test", 3), ("train", 1), ("train", 3)]:
+        raise ConfigError(
+            "source.files must list four IDX files: the train and test images and labels, got "
+            f"{sorted(source.files)}"
+        )
+    labels = np.unique(np.concatenate([parts["train", 1], parts["test", 1]]))
+    y_train, y_test, class_names = _relabelled(parts["train", 1], parts["test", 1], labels, source)
+    arrays = {
+        "x": parts["train", 3],
+        "y": y_train,
+        "x_test": parts["test", 3],
+        "y_test": y_test,
+        "class_names": np.array(class_names),
+    }
+    return Fetched(arrays)
+
+
+def _relabelled(
+    y_train: np.ndarray, y_test: np.ndarray, labels: np.ndarray, source: IdxSource
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels as 0..k-1 in the order of their values (EMNIST's letters start at 1)."""
+    names = source.class_names or [str(label) for label in labels.tolist()]
+    if len(names) != len(labels):
+        raise ConfigError(
+            f"source.class_names names {len(names)} classes, the labels hold {len(labels)}"
+        )
+    if np.array_equal(labels, np.arange(len(labels))):
+        return y_train, y_test, names
+    lookup = np.zeros(int(labels.max()) + 1, np.int64)
+    lookup[labels] = np.arange(len(labels))
+    return lookup[y_train].astype(np.uint8), lookup[y_test].astype(np.uint8), names
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse a gzipped IDX file (LeCun's format: big-endian magic, dimensions, uint8 data)."""
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as error:
-        raise DataError(
-            f"{path}: not a valid gzip file ({error}); delete it and fetch again"
-        ) from None
+    """Parse an IDX file, gzipped or not (LeCun's format: big-endian magic, dimensions, uint8
+    data)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise DataError(
+                f"{path}: not a valid gzip file ({error}); delete it and fetch again"
+            ) from None
     magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else 0
     if magic not in IDX_MAGIC:
-        raise DataError(f"{path}: not an IDX file (magic {magic}, expected 2049 or 2051)")
+        raise DataError(
+            f"{path}: not an IDX file (magic {magic}, expected 2049 or 2051); delete it and "
+            "fetch again"
+        )
     offset = 4 + 4 * IDX_MAGIC[magic]  # magic, then one 32-bit size per dimension
     if len(raw) < offset:
         raise DataError(
@@ -75,98 +154,32 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def fetch_sign_digits(
-    source: SignDigitsSource, downloads: Path, mirror: Path | None
-) -> dict[str, np.ndarray]:
-    if mirror is not None:
-        files = _sign_files_from_folder(mirror / MIRROR_FOLDERS["sign_digits"] / "Dataset")
-        _verify_content(files, source.content_sha256, origin=str(mirror))
-    else:
-        archive = downloads / "sign_digits" / "archive.zip"
-        files = _sign_files_from_archive(source, archive)
-        try:
-            _verify_content(files, source.content_sha256, origin=source.archive_url)
-        except DataError:
-            archive.unlink()  # so that fetching again downloads it anew
-            raise
-    names = sorted(files)
-    labels = np.array([int(name.split("/")[0]) for name in names], dtype=np.uint8)
-    changed = 0
-    if source.apply_errata:
-        for name, digit in source.label_errata.items():
-            if name not in files:
-                raise DataError(f"source.label_errata: {name} is not a file of the data set")
-            index = names.index(name)
-            changed += int(labels[index] != digit)
-            labels[index] = digit
-    images = np.stack([grayscale(files[name], source.image_size, origin=name) for name in names])
-    return {"x": images, "y": labels, "names": np.array(names), "errata_changed": np.array(changed)}
+def generate(source: SklearnSource, downloads: Path, mirror: Path | None) -> Fetched:
+    """A data set of `sklearn.datasets.<generator>(**params)`: points and their classes."""
+    import sklearn.datasets
 
-
-def _sign_files_from_folder(folder: Path) -> dict[str, bytes]:
-    if not folder.is_dir():
-        raise DataError(
-            f"{folder}: no such folder; the mirror needs sign_language_digits/Dataset/<digit>/"
+    function = getattr(sklearn.datasets, source.generator, None)
+    if not callable(function):
+        raise ConfigError(
+            f"source.generator: sklearn.datasets has no {source.generator}; pick one of "
+            f"{', '.join(name for name in dir(sklearn.datasets) if name.startswith('make_'))}"
         )
-    return {
-        f"{path.parent.name}/{path.name}": path.read_bytes()
-        for path in folder.glob("[0-9]/*")
-        if path.is_file()
-    }
-
-
-def _sign_files_from_archive(source: SignDigitsSource, archive: Path) -> dict[str, bytes]:
-    # GitHub builds the archive anew on request, so its bytes cannot be pinned: the download is
-    # kept only if its images match content_sha256 (checked by the caller).
-    if not archive.exists():
-        try:
-            with atomic_output(archive) as tmp:
-                download(source.archive_url, tmp)
-        except OutputError:
-            raise
-        except DataError as error:
-            raise DataError(
-                f"sign_digits archive: {error}; check the network, or set PIPELINE_DATA_MIRROR "
-                "to a folder holding sign_language_digits/Dataset/"
-            ) from None
-    prefix = f"{source.archive_folder}/Dataset/"
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            return {
-                member[len(prefix) :]: bundle.read(member)
-                for member in bundle.namelist()
-                if member.startswith(prefix) and not member.endswith("/")
-            }
-    except zipfile.BadZipFile as error:
-        archive.unlink()
-        raise DataError(
-            f"{source.archive_url}: not a valid zip ({error}); run fetch again"
-        ) from None
-
-
-def _verify_content(files: dict[str, bytes], expected: str, origin: str) -> None:
-    """The digest the datasets README publishes: SHA-256 over `sha256sum`-style lines."""
-    lines = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  sign_language_digits/Dataset/{name}\n"
-        for name, data in sorted(files.items())
-    )
-    actual = hashlib.sha256(lines.encode()).hexdigest()
-    if actual != expected:
-        raise DataError(
-            f"{origin}: the {len(files)} images have content SHA-256 {actual}, "
-            f"expected {expected}; "
-            "the copy is incomplete or altered; fetch it again from the pinned commit"
+        made = function(**source.params)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"source.params: {source.generator}: {error}") from None
+    x, y = (made[0], made[1]) if isinstance(made, tuple) and len(made) >= 2 else (None, None)
+    discrete = y is not None and np.asarray(y).ndim == 1 and np.all(np.mod(y, 1) == 0)
+    if x is None or np.asarray(x).ndim != 2 or not discrete:
+        raise ConfigError(
+            f"source.generator: {source.generator} does not make (points, classes); pick a "
+            "classification generator (make_circles, make_moons, make_blobs, make_classification)"
         )
-
-
-def make_circles(source: CirclesSource) -> dict[str, np.ndarray]:
-    from sklearn.datasets import make_circles as generate
-
-    x, y = generate(
-        n_samples=source.n_samples,
-        shuffle=source.shuffle,
-        noise=source.noise,
-        random_state=source.random_state,
-        factor=source.factor,
+    labels, y = np.unique(y, return_inverse=True)
+    return Fetched(
+        {
+            "x": np.asarray(x).astype(np.float32),
+            "y": y.astype(np.uint8),
+            "class_names": np.array([str(int(label)) for label in labels]),
+        }
     )
-    return {"x": x.astype(np.float32), "y": y.astype(np.uint8)}

@@ -1,16 +1,18 @@
 """The data files every later stage reads, and what makes one unreadable.
 
 A split is `data/split/<task>.npz` holding `x_train`, `y_train`, `x_val`, `y_val`, `x_test`,
-`y_test` and `class_names`. Images stay uint8 on disk and are made float32 by `load_split`, so
-the files stay small and every stage sees the same numbers.
+`y_test` and `class_names` (and a table's `features`). Images stay uint8 on disk and are made
+float32 by `load_split`, so the files stay small and every stage sees the same numbers.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,8 @@ class Split:
     y_test: np.ndarray
     class_names: list[str]
     label_errata_changed: int | None = None  # labels the source's errata list corrected
+    # A table's columns, as `fetch` found them (pipeline/data/rows.py); None for other data.
+    features: list[dict[str, Any]] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -74,4 +78,5 @@ def load_split(path: str | Path) -> Split:
         label_errata_changed=(
             int(arrays["label_errata_changed"]) if "label_errata_changed" in arrays else None
         ),
+        features=json.loads(str(arrays["features"])) if "features" in arrays else None,
     )

@@ -36,9 +36,16 @@ from pipeline.core.config.paths import (
     PathsConfig,
 )
 from pipeline.core.config.source import (
-    CirclesSource,
-    MnistSource,
-    SignDigitsSource,
+    Color,
+    FeatureType,
+    IdxSource,
+    ImageFolderSource,
+    Kind,
+    Missing,
+    OnBadFile,
+    SklearnSource,
+    TableSource,
+    source_of,
 )
 from pipeline.core.config.tracking import (
     TrackingConfig,
@@ -62,10 +69,14 @@ class Backend(Enum):
 
 @dataclass
 class FetchConfig:
+    # One of the kinds' schemas (pipeline/core/config/source.py), chosen by its `kind`.
     source: Any = MISSING
     # A folder laid out like ../shared/datasets; when set, files come from it, not the network.
     mirror: str | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        self.source = source_of(self.source)
 
 
 @dataclass
@@ -121,9 +132,6 @@ def register() -> None:
     store.store(name="config_schema", node=Config)
     store.store(name="fetch_schema", node=FetchConfig)
     store.store(name="report_schema", node=ReportConfig)
-    store.store(group="source", name="mnist_schema", node=MnistSource)
-    store.store(group="source", name="sign_digits_schema", node=SignDigitsSource)
-    store.store(group="source", name="circles_schema", node=CirclesSource)
 
 
 def load(cfg: DictConfig) -> Any:
@@ -159,22 +167,28 @@ __all__ = [
     "Algorithm",
     "AugmentConfig",
     "Backend",
-    "CirclesSource",
+    "Color",
     "Config",
     "DatasetConfig",
     "Family",
+    "FeatureType",
     "FetchConfig",
+    "IdxSource",
+    "ImageFolderSource",
     "Initializer",
+    "Kind",
     "Layout",
     "LrSchedule",
-    "MnistSource",
+    "Missing",
     "ModelConfig",
+    "OnBadFile",
     "Optimizer",
     "OptimizerConfig",
     "PathsConfig",
     "ReportConfig",
-    "SignDigitsSource",
+    "SklearnSource",
     "SplitConfig",
+    "TableSource",
     "TASKS_FILE",
     "TrackingConfig",
     "TrainConfig",
@@ -183,5 +197,6 @@ __all__ = [
     "load",
     "pipeline_tasks",
     "register",
+    "source_of",
     "to_flat_dict",
 ]

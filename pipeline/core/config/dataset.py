@@ -31,7 +31,7 @@ class SplitConfig:
 class DatasetConfig:
     name: str = MISSING  # the task: names the outputs, the MLflow experiment and the reports
     source: str = MISSING  # which fetched data set (data/raw/<source>.npz) it reads
-    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1
+    classes: list[str] | None = None  # keep only these classes (by name), in this order
     # Models standardise each feature (or pixel) by the training part's mean and variance, as
     # their first layer: the split keeps the data as the source gives it.
     standardize: bool = False
@@ -41,5 +41,5 @@ class DatasetConfig:
         if self.classes is not None:
             check(
                 len(set(self.classes)) >= 2,
-                f"dataset.classes needs two or more distinct labels, got {self.classes}",
+                f"dataset.classes needs two or more distinct classes, got {self.classes}",
             )
