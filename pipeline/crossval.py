@@ -24,6 +24,7 @@ from pipeline import models, tracking
 from pipeline.core import config
 from pipeline.core.cli import stage
 from pipeline.core.files import write_json
+from pipeline.data.checks import require_per_class
 from pipeline.data.splits import Split, load_split
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 def fold_accuracies(settings: config.Config, data: Split) -> list[float]:
     x = np.concatenate([data.x_train, data.x_val, data.x_test])
     y = np.concatenate([data.y_train, data.y_val, data.y_test])
-    seed = settings.train.seed
-    folds = StratifiedKFold(settings.train.cv_folds, shuffle=True, random_state=seed)
+    seed, k = settings.train.seed, settings.train.cv_folds
+    require_per_class(y, data.class_names, k, f"{k}-fold cross-validation (train.cv_folds)")
+    folds = StratifiedKFold(k, shuffle=True, random_state=seed)
     val_share = len(data.y_val) / (len(data.y_train) + len(data.y_val))
     accuracies = []
     for train, held_out in folds.split(x, y):

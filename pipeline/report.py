@@ -24,9 +24,11 @@ from pipeline import models, tracking
 from pipeline.core import backend, config, selection
 from pipeline.core.cli import stage
 from pipeline.core.files import atomic_output, sha256_of, write_text
+from pipeline.data.checks import read_summary
 from pipeline.data.splits import load_split
 from pipeline.reporting import plots
 from pipeline.reporting.champion import register_best
+from pipeline.reporting.data import data_lines
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,8 @@ def task_section(
         n_val, n_test = len(split["y_val"]), len(split["y_test"])
     table = results_table(runs, n_test)
     digits = [".1f" if column == "train time (s)" else ".4f" for column in table.columns]
-    lines = [f"## {task}", "", table.to_markdown(index=False, floatfmt=digits), ""]
+    lines = [f"## {task}", "", *data_lines(read_summary(read.split_file(task), f"split@{task}"))]
+    lines += [table.to_markdown(index=False, floatfmt=digits), ""]
     lines += [search_line(read.report_dir(task, "search") / "pick.json"), ""]
     if settings.register_models and "metrics.final_val_accuracy" in runs:
         lines += [register_best(experiment, runs, n_val), ""]

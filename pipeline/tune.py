@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +35,7 @@ from pipeline.core import config
 from pipeline.core.cli import stage
 from pipeline.core.errors import ConfigError, TrainingError
 from pipeline.core.files import write_json, writing
+from pipeline.data.checks import require_per_class
 from pipeline.data.splits import load_split
 from pipeline.search import space
 from pipeline.search.chief import LocalWorkers, OracleServer, serve
@@ -113,6 +115,10 @@ def main(cfg: DictConfig) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     data = load_split(split_file)
+    if settings.tuner.cv_folds:  # the trials' folds are cut from the training and validation parts
+        k = settings.tuner.cv_folds
+        y = np.concatenate([data.y_train, data.y_val])
+        require_per_class(y, data.class_names, k, f"{k}-fold trials (tuner.cv_folds)")
     tracking.use_experiment(task, settings.tracking.uri, settings.tracking.experiment_prefix)
     tags = {
         "task": task,

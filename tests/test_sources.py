@@ -359,3 +359,20 @@ def test_fetch_stops_on_bad_data_with_one_line_and_writes_nothing(project: Path)
     assert lines[-1].startswith("error: 1 of 10 files") and "dog/broken.png" in lines[-1]
     assert "Traceback" not in result.stderr
     assert not (project / "data" / "raw").exists()
+
+
+def test_a_class_too_small_for_k_folds_is_one_line_before_any_training() -> None:
+    from conftest import compose_config
+
+    from pipeline import crossval
+    from pipeline.core import config
+    from pipeline.data.splits import Split
+
+    settings = config.load(compose_config(overrides=("experiment=circles/tuned",)))
+    y = np.array([0] * 8 + [1] * 3, np.uint8)
+    x = np.zeros((len(y), 2), np.float32)
+    data = Split(x[:7], y[:7], x[7:9], y[7:9], x[9:], y[9:], ["in", "out"])
+
+    with pytest.raises(DataError) as error:
+        crossval.fold_accuracies(settings, data)
+    one_line(error, "class out has 3 samples", "5-fold cross-validation (train.cv_folds)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import time
 import warnings
@@ -24,6 +25,7 @@ from mlflow.entities import Metric, RunStatus, RunTag
 
 from pipeline.core import interrupts
 from pipeline.core.errors import PipelineError
+from pipeline.data.checks import read_summary
 from pipeline.tracking.store import owner_tags, store_errors, store_failure
 
 if TYPE_CHECKING:
@@ -142,14 +144,17 @@ def log_split(
 ) -> None:
     """Log parts of a split ("train", "val", "test") as dataset inputs of run `run_id`: named
     `<task>-<part>` (the task being the split file's stem), in context training, validation or
-    test, with the split file as source and a digest of the part's whole content."""
-    from mlflow.entities import DatasetInput, InputTag
+    test, with the split file as source and a digest of the part's whole content. The data
+    summary split wrote beside the file goes into each input's profile, and with the training
+    part as the run's artifact data/summary.json."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     unknown = sorted(set(parts) - set(SPLIT_PARTS))
     if unknown:
         raise ValueError(f"log_split: unknown part(s) {unknown}; known: {list(SPLIT_PARTS)}")
     source = str(Path(split_file).resolve())
+    summary = read_summary(Path(split_file), f"split@{Path(split_file).stem}")
     inputs = []
     for part in parts:
         with warnings.catch_warnings():
@@ -163,13 +168,19 @@ def log_split(
                 name=f"{Path(split_file).stem}-{part}",
                 digest=content_digest(getattr(data, f"x_{part}"), getattr(data, f"y_{part}")),
             )
+        entity = dataset._to_mlflow_entity()
+        if summary:
+            profile = {**json.loads(entity.profile), "summary": summary}
+            entity = Dataset(
+                entity.name, entity.digest, entity.source_type, entity.source, entity.schema,
+                json.dumps(profile, sort_keys=True),
+            )  # fmt: skip
         inputs.append(
-            DatasetInput(
-                dataset._to_mlflow_entity(),
-                tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_PARTS[part])],
-            )
+            DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_PARTS[part])])
         )
     client = mlflow.MlflowClient()
+    if summary and "train" in parts:
+        client.log_dict(run_id, summary, "data/summary.json")
     try:
         client.log_inputs(run_id, datasets=inputs)
     except mlflow.exceptions.MlflowException as error:
