@@ -48,7 +48,7 @@ def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
-@stage("config", reads=("backend", "dataset", "variant", "tracking", "paths"))
+@stage("config", reads=("backend", "dataset", "model.build", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant
@@ -58,6 +58,7 @@ def main(cfg: DictConfig) -> None:
     tracking.require_run(trained["run_id"], model_dir / models.RUN_FILE)
     split_file = settings.paths.read.split_file(task)
     data = load_split(split_file)
+    models.import_module_of(settings.model)  # a custom model's layers, before it is read
     net = models.load(model_dir)
 
     # The validation score of the model as saved (early stopping may have restored an earlier

@@ -21,14 +21,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 GLOBAL = "# @package _global_"
+OUTPUTS = {"data", "models", "reports"}  # the folders stages write, and later stages read
 
 
-def resolved_stages() -> dict[str, Any]:
+def resolved_stages(root: Path = ROOT) -> dict[str, Any]:
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         return {stage.addressing: stage for stage in repo.index.stages}
 
 
@@ -59,37 +59,42 @@ def reads_any(keys: set[str], reads: tuple[str, ...]) -> bool:
     )
 
 
-def composed_files(config_name: str, overrides: list[str]) -> dict[Path, str]:
+def composed(root: Path, config_name: str, overrides: list[str]) -> Any:
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def composed_files(root: Path, config_name: str, overrides: list[str]) -> dict[Path, str]:
     """The config files a composition loads, each with its package (a group's name)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    files = {CONF / f"{config_name}.yaml": ""}
+    cfg = composed(root, config_name, overrides)
+    conf = root / "conf"
+    files = {conf / f"{config_name}.yaml": ""}
     choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
     for group, choice in choices.items():
         if group.startswith("hydra/") or choice is None:
             continue
-        path = CONF / group / f"{choice}.yaml"
+        path = conf / group / f"{choice}.yaml"
         if path.exists():  # not the schemas Hydra's config store holds
             files[path] = group
     return files
 
 
-def module_file(name: str) -> Path | None:
+def module_file(name: str, root: Path = ROOT) -> Path | None:
     """The source file of module or package `name` ("pipeline.core.config"), if it is one."""
-    path = ROOT.joinpath(*name.split("."))
+    path = root.joinpath(*name.split("."))
     if path.with_suffix(".py").exists():
         return path.with_suffix(".py")
     return path / "__init__.py" if (path / "__init__.py").exists() else None
 
 
-def imported_modules(module: str) -> set[str]:
+def imported_modules(module: str, root: Path = ROOT) -> set[str]:
     """The files of `pipeline.<module>` and of the package modules it imports, directly or not,
     with the packages' __init__.py files that importing them runs."""
     seen: set[str] = set()
     todo = [f"pipeline.{module}"]
     while todo:
         name = todo.pop()
-        path = module_file(name)
+        path = module_file(name, root)
         if path is None or name in seen:
             continue
         seen.add(name)
@@ -101,10 +106,25 @@ def imported_modules(module: str) -> set[str]:
                 todo += [f"{node.module}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):
                 todo += [alias.name for alias in node.names if alias.name.startswith("pipeline")]
-    return {str(module_file(name).relative_to(ROOT)) for name in seen}
+    return {str(module_file(name, root).relative_to(root)) for name in seen}
 
 
-def expected(stage: Any) -> tuple[set[str], set[str]]:
+def local_data(cfg: Any) -> set[str]:
+    """What a fetch stage reads besides its config: the source's local path, else its file."""
+    path = cfg.source.get("path")
+    return {path if path else f"conf/source/{cfg.source.name}.yaml"}
+
+
+def model_code(cfg: Any, root: Path) -> set[str]:
+    """The file holding a custom model's function (model.build), from the repository root."""
+    build = OmegaConf.select(cfg, "model.build")
+    if not build:
+        return set()
+    module = build.partition(":")[0]
+    return {str(module_file(module, root).relative_to(root))}
+
+
+def expected(stage: Any, root: Path = ROOT) -> tuple[set[str], set[str]]:
     argv = shlex.split(stage.cmd)
     assert argv[:2] == ["python", "-m"] and argv[2].startswith("pipeline."), stage.cmd
     module = argv[2].removeprefix("pipeline.")
@@ -113,14 +133,46 @@ def expected(stage: Any) -> tuple[set[str], set[str]]:
     main = importlib.import_module(f"pipeline.{module}").main
     config_name = {"fetch": "fetch", "report": "report"}.get(module, "config")
     params = {
-        str(path.relative_to(ROOT))
-        for path, package in composed_files(config_name, overrides).items()
+        str(path.relative_to(root))
+        for path, package in composed_files(root, config_name, overrides).items()
         if reads_any(keys_set(path, package), main.reads)
     }
     if module == "report":
         params.add("conf/tasks.yaml")  # its task list
-    code = imported_modules(module)
+    code = imported_modules(module, root)
+    if module == "fetch":
+        code |= local_data(composed(root, config_name, overrides))
+    elif module != "report":
+        code |= model_code(composed(root, config_name, overrides), root)
     return params, code
+
+
+def disagreement(stage: Any, root: Path = ROOT) -> str | None:
+    """How dvc.yaml's `stage` differs from what it composes, reads and imports; None if not."""
+    params, code = expected(stage, root)
+    listed_params = set()
+    for dep in stage.deps:
+        if hasattr(dep, "params"):
+            if dep.params:
+                return f"{stage.addressing}: {dep.def_path} lists keys; files serve one reader"
+            listed_params.add(dep.def_path)
+    # Code, and what a source reads locally: every dep but what earlier stages write.
+    listed_code = {
+        dep.def_path
+        for dep in stage.deps
+        if not hasattr(dep, "params") and dep.def_path.split("/")[0] not in OUTPUTS
+    }
+    if listed_params != params:
+        return (
+            f"{stage.addressing}: params in dvc.yaml {sorted(listed_params ^ params)} differ "
+            "from what it composes and reads"
+        )
+    if listed_code != code:
+        return (
+            f"{stage.addressing}: code deps in dvc.yaml {sorted(listed_code ^ code)} differ from "
+            "the modules it imports (and a custom model's module, a source's local data)"
+        )
+    return None
 
 
 STAGES = resolved_stages()
@@ -128,24 +180,16 @@ STAGES = resolved_stages()
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_a_stage_lists_exactly_the_config_files_and_code_it_reads(name: str) -> None:
-    stage = STAGES[name]
-    params, code = expected(stage)
-    listed_params = set()
-    for dep in stage.deps:
-        if hasattr(dep, "params"):
-            assert not dep.params, f"{name}: {dep.def_path} lists keys; files serve one reader"
-            listed_params.add(dep.def_path)
-    listed_code = {dep.def_path for dep in stage.deps if dep.def_path.startswith("pipeline/")}
-    assert listed_params == params, f"{name}: params in dvc.yaml vs what it composes and reads"
-    assert listed_code == code, f"{name}: code deps in dvc.yaml vs the modules it imports"
+    assert disagreement(STAGES[name]) is None
 
 
 def test_every_task_listed_once_has_its_files() -> None:
-    tasks = yaml.safe_load((CONF / "tasks.yaml").read_text())
+    conf = ROOT / "conf"
+    tasks = yaml.safe_load((conf / "tasks.yaml").read_text())
     for task in tasks["tasks"]:
-        assert (CONF / "dataset" / f"{task}.yaml").exists(), task
+        assert (conf / "dataset" / f"{task}.yaml").exists(), task
     for task in tasks["searched"]:
-        assert (CONF / "search" / f"{task}.yaml").exists(), task
-        assert (CONF / "experiment" / task / "tuned.yaml").exists(), task
+        assert (conf / "search" / f"{task}.yaml").exists(), task
+        assert (conf / "experiment" / task / "tuned.yaml").exists(), task
     stages = {name.split("@")[0] for name in STAGES}
     assert {"fetch", "split", "tune", "train", "train_tuned", "evaluate", "crossval"} <= stages

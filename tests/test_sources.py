@@ -55,7 +55,9 @@ def test_a_folder_of_class_folders_is_read_whole(tmp_path: Path) -> None:
     names = arrays["names"].tolist()
     assert names == sorted(path.relative_to(tmp_path / "photos").as_posix() for path in written)
     assert "cat/more/cat_all_005.png" in names  # nested folders count, hidden files do not
-    assert [arrays["class_names"][label] for label in arrays["y"]] == [n.split("/")[0] for n in names]
+    assert [arrays["class_names"][label] for label in arrays["y"]] == [
+        n.split("/")[0] for n in names
+    ]
     assert summary["classes"] == {"cat": 6, "dog": 6, "fox": 6}
     images = summary["images"]
     assert images["modes"] == {"L": 17, "RGB": 1}
@@ -307,7 +309,9 @@ def test_any_make_generator_is_a_source(tmp_path: Path) -> None:
     ],
     ids=["unknown kind", "unknown option", "url without checksum", "bad checksum"],
 )
-def test_a_bad_source_config_is_one_line(section: dict[str, Any], mentions: tuple[str, ...]) -> None:
+def test_a_bad_source_config_is_one_line(
+    section: dict[str, Any], mentions: tuple[str, ...]
+) -> None:
     with pytest.raises(ConfigError) as error:
         source_of({"name": "mine", **section})
     one_line(error, *mentions)

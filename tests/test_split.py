@@ -152,9 +152,7 @@ def test_without_copies_the_parts_are_sklearns_stratified_split() -> None:
     parts = split_parts(x, y, split)
 
     rest, x_test, y_rest, _ = train_test_split(x, y, test_size=0.15, stratify=y, random_state=4)
-    x_train, x_val = train_test_split(
-        rest, test_size=0.15 / 0.85, stratify=y_rest, random_state=4
-    )
+    x_train, x_val = train_test_split(rest, test_size=0.15 / 0.85, stratify=y_rest, random_state=4)
     for part, expected in (("train", x_train), ("val", x_val), ("test", x_test)):
         np.testing.assert_array_equal(parts[f"x_{part}"], expected)
 

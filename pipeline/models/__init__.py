@@ -4,6 +4,12 @@
 name, not through here.
 """
 
+from pipeline.models.custom import (
+    InputSpec,
+    build_function,
+    import_module_of,
+    source_file,
+)
 from pipeline.models.fitting import (
     Fitted,
     batches,
@@ -47,6 +53,7 @@ __all__ = [
     "Fitted",
     "HISTORY_COLUMNS",
     "HISTORY_FILE",
+    "InputSpec",
     "Inputs",
     "KERAS_FILE",
     "PIXEL_MAX",
@@ -55,6 +62,7 @@ __all__ = [
     "accuracy",
     "augment",
     "batches",
+    "build_function",
     "build_keras",
     "build_optimizer",
     "build_sklearn",
@@ -63,6 +71,7 @@ __all__ = [
     "fit",
     "fit_keras",
     "fit_sklearn",
+    "import_module_of",
     "inputs_of",
     "is_keras",
     "is_keras_net",
@@ -74,6 +83,7 @@ __all__ = [
     "read_run",
     "save",
     "save_weights",
+    "source_file",
     "stage_of",
     "with_hparams",
 ]

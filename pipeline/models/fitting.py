@@ -76,7 +76,7 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
     import keras
 
     backend.seed(settings.train.seed)
-    spec = inputs_of(data.x_train, settings.dataset.standardize)
+    spec = inputs_of(data.x_train, settings.dataset.standardize, data.features)
     net = build_keras(settings.model, spec, data.n_classes)
     callbacks = list(callbacks)
     if settings.train.early_stopping_patience is not None:
@@ -119,7 +119,7 @@ def fit_keras(settings: config.Config, data: Split, callbacks: list[Any]) -> Fit
 def fit_sklearn(settings: config.Config, data: Split) -> Fitted:
     from sklearn.metrics import accuracy_score, log_loss
 
-    spec = inputs_of(data.x_train, settings.dataset.standardize)
+    spec = inputs_of(data.x_train, settings.dataset.standardize, data.features)
     net = build_sklearn(settings.model, spec, settings.train.epochs, settings.train.seed)
     start = time.perf_counter()
     with timings.computing():

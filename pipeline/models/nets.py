@@ -12,12 +12,15 @@ import numpy as np
 from pipeline.core import timings
 from pipeline.core.config import AugmentConfig, Family, ModelConfig, Optimizer
 from pipeline.core.errors import ConfigError
+from pipeline.data.rows import category_sizes, one_hot_columns
+from pipeline.models.custom import custom_outputs
 
 if TYPE_CHECKING:
     pass
 
 
 def is_keras(model: ModelConfig) -> bool:
+    """Whether `model` is a Keras model (all families but scikit-learn's)."""
     return model.family != Family.sklearn_logreg
 
 
@@ -33,29 +36,42 @@ class Inputs:
     """What a model takes, as the source gives it, and the scaling it does itself: saved and
     registered models then take raw inputs (MNIST's 28x28 pixels 0-255, raw (x, y) points)."""
 
-    shape: tuple[int, ...]  # one input: (rows, cols) of a grayscale image, or (features,)
+    # One input: (rows, cols) of a grayscale image, (rows, cols, 3) of a colour one, or
+    # (features,).
+    shape: tuple[int, ...]
     # dataset.standardize: the training part's mean and variance of each feature or pixel.
     # Without it, images are scaled from 0-255 to 0-1 and feature vectors taken as they are.
     mean: np.ndarray | None = None
     variance: np.ndarray | None = None
+    # A table's: per feature, its number of categories (0 for a number). The model one-hot
+    # encodes each category column (its values are the categories' indices).
+    categories: list[int] | None = None
 
     @property
     def images(self) -> bool:
-        return len(self.shape) == 2
+        return len(self.shape) >= 2
 
 
-def inputs_of(x_train: np.ndarray, standardize: bool) -> Inputs:
-    """The model inputs for training data `x_train`, standardised by its statistics if asked."""
+def inputs_of(
+    x_train: np.ndarray, standardize: bool, features: list[dict[str, Any]] | None = None
+) -> Inputs:
+    """The model inputs for training data `x_train` (a table's of `features`), standardised by
+    its statistics if asked; a table's category columns are left to the one-hot encoding."""
     shape = tuple(x_train.shape[1:])
+    categories = category_sizes(features) if features else None
     if not standardize:
-        return Inputs(shape)
-    variance = x_train.var(axis=0)
+        return Inputs(shape, categories=categories)
+    mean, variance = x_train.mean(axis=0), x_train.var(axis=0)
     variance[variance == 0] = 1.0  # a constant feature is left as it is, not divided by 0
-    return Inputs(shape, x_train.mean(axis=0), variance)
+    if categories:
+        coded = np.array(categories) > 0
+        mean[coded], variance[coded] = 0.0, 1.0
+    return Inputs(shape, mean, variance, categories)
 
 
 def build_keras(model: ModelConfig, spec: Inputs, n_classes: int) -> Any:
-    """A compiled Keras model on raw inputs. Two classes get one sigmoid unit, more a softmax."""
+    """A compiled Keras model on raw inputs. Two classes get one sigmoid unit, more a softmax
+    (a custom model ends as its function makes it: model.build)."""
     import keras
     from keras import layers
 
@@ -78,9 +94,14 @@ def build_keras(model: ModelConfig, spec: Inputs, n_classes: int) -> Any:
         # layer multiplies by a rounded 1/255, and that last-bit difference alone took the
         # sign-digits baseline from 0.8871 to 0.8742 test accuracy (same seed, same data).
         x = layers.Normalization(axis=None, mean=0.0, variance=PIXEL_MAX**2)(x)
-    if spec.images:  # grayscale: one channel
+    if spec.categories and any(spec.categories):
+        x = one_hot_columns()(spec.categories)(x)
+    if len(spec.shape) == 2:  # grayscale: one channel
         x = layers.Reshape((*spec.shape, 1))(x)
     x = augment(x, model.augment) if model.augment else x
+    if model.family == Family.custom:
+        outputs = custom_outputs(model, x, n_classes)
+        return _compiled(keras.Model(inputs, outputs, name="custom"), model, outputs.shape[-1] == 1)
     if model.family == Family.cnn:
         if not spec.images:
             raise ConfigError(
@@ -120,8 +141,12 @@ def build_keras(model: ModelConfig, spec: Inputs, n_classes: int) -> Any:
     outputs = layers.Dense(
         1 if binary else n_classes, activation="sigmoid" if binary else "softmax", **weights
     )(x)
+    return _compiled(keras.Model(inputs, outputs, name=model.family.value), model, binary)
 
-    net = keras.Model(inputs, outputs, name=model.family.value)
+
+def _compiled(net: Any, model: ModelConfig, binary: bool) -> Any:
+    """`net` compiled with the configured optimizer, for one sigmoid unit (`binary`) or a
+    softmax."""
     net.compile(
         optimizer=build_optimizer(model),
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
@@ -174,6 +199,11 @@ def build_sklearn(model: ModelConfig, spec: Inputs, max_iter: int, seed: int) ->
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+    if spec.categories and any(spec.categories):
+        raise ConfigError(
+            "model.family=sklearn_logreg takes numbers only, and the table has category "
+            "columns; use model=logreg or mlp, which one-hot encode them"
+        )
     steps: list[Any] = [
         FunctionTransformer(functools.partial(np.reshape, shape=(-1, math.prod(spec.shape))))
     ]

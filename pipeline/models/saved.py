@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import DataError, missing, remake, unreadable
 from pipeline.core.files import atomic_output
+from pipeline.data.rows import one_hot_columns
 from pipeline.models.nets import is_keras_net
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def _load(path: Path) -> Any:
     if path.name == KERAS_FILE:
         import keras
 
+        one_hot_columns()  # a table model's layer: known to Keras before the model is read
         return keras.saving.load_model(path)
     import joblib
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.errors import DAMAGED
 from pipeline.core.files import atomic_output, sha256_of
+from pipeline.models.custom import source_file
 from pipeline.search.tuning import TUNER_FOLDER
 
 # The config a search reads, all of which is part of its identity. Of `train`, only what every
@@ -52,15 +54,21 @@ SEARCH_CODE = (
     "pipeline.search.results",
     "pipeline.core.selection",
     "pipeline.models.nets",
+    "pipeline.models.custom",
     "pipeline.models.fitting",
+    "pipeline.data.rows",
     "pipeline.data.splits",
     *(f"pipeline.core.config.{part}" for part in CONFIG_PARTS),
 )
 
 
-def search_code() -> list[Path]:
-    """The source files of SEARCH_CODE, found without importing them."""
-    return [Path(importlib.util.find_spec(name).origin) for name in SEARCH_CODE]
+def search_code(cfg: DictConfig) -> list[Path]:
+    """The source files of SEARCH_CODE, and of a custom model's function (model.build), found
+    without importing them."""
+    files = [Path(importlib.util.find_spec(name).origin) for name in SEARCH_CODE]
+    build = OmegaConf.select(cfg, "model.build")
+    custom = source_file(build) if build else None
+    return files + ([custom] if custom is not None else [])
 
 
 def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
@@ -81,7 +89,7 @@ def search_identity(cfg: DictConfig, split_file: Path) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "config": hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest(),
         "data": sha256_of(split_file),
-        "code": {str(path.relative_to(ROOT)): sha256_of(path) for path in search_code()},
+        "code": {os.path.relpath(path, ROOT): sha256_of(path) for path in search_code(cfg)},
     }
     parts["digest"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return parts

@@ -64,7 +64,7 @@ def make_tuner(
     settings, cfg, params, data, folder = setup.unpacked()
 
     # The same input scaling as the final model's, fitted on the whole training part.
-    inputs = models.inputs_of(data.x_train, settings.dataset.standardize)
+    inputs = models.inputs_of(data.x_train, settings.dataset.standardize, data.features)
     backend_tags = backend.tags()
     trial_metrics_every = settings.tracking.sampling(of_trials=True)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from pipeline.core.config.base import check
 
@@ -14,6 +16,7 @@ class Family(Enum):
     mlp = "mlp"
     cnn = "cnn"
     sklearn_logreg = "sklearn_logreg"  # scikit-learn's LogisticRegression baseline
+    custom = "custom"  # a function of one's own builds it (model.build)
 
 
 class Activation(Enum):
@@ -86,9 +89,18 @@ class AugmentConfig:
         return bool(self.shift or self.rotate or self.zoom or self.flip)
 
 
+# "<module>:<function>", the module importable from the repository root or installed.
+BUILD = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 @dataclass
 class ModelConfig:
     family: Family = Family.mlp
+    # family=custom: the function that builds the model, as "<module>:<function>" (e.g.
+    # "src.nets:small_cnn"), called as function(params, inputs, n_classes) and returning an
+    # uncompiled Keras model; the pipeline scales its inputs, compiles, trains, logs and serves it.
+    build: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # family=custom: the function's own
     hidden_units: list[int] = field(default_factory=list)  # mlp: one dense layer each
     filters: list[int] = field(default_factory=list)  # cnn: one conv + pool block each
     kernel_size: int = 3  # cnn
@@ -128,4 +140,15 @@ class ModelConfig:
         check(
             not (self.squares and self.family == Family.cnn),
             "model.squares widens feature vectors; set it false for family=cnn",
+        )
+        custom = self.family == Family.custom
+        check(
+            custom == (self.build is not None),
+            "model.build names the function of family=custom, and only of it"
+            if self.build is not None
+            else "model.family=custom needs model.build: <module>:<function>",
+        )
+        check(
+            self.build is None or BUILD.fullmatch(self.build) is not None,
+            f"model.build must be <module>:<function> (e.g. src.nets:small_cnn), got {self.build}",
         )
