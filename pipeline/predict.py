@@ -2,12 +2,15 @@
 
     python -m pipeline.predict task=mnist digit.png seven.jpg
     python -m pipeline.predict task=circles points.csv
+    python -m pipeline.predict task=<a table task> rows.csv
     python -m pipeline.predict model=runs:/<run id>/model images.npy
 
 Loads the task's champion (`models:/<task>@champion`) from the MLflow store, or the model URI
 given. Inputs are what the source provides: image files (PNG, JPEG, ...) made grayscale or RGB
 and resized exactly as `fetch` does, a .npy array of images or points, or a .csv of points, one per
-row. The model does its own scaling; nothing else is applied.
+row; for a table's model, a .csv of rows with a header naming its columns (categories as text,
+other columns such as the label ignored). The model does its own scaling and encoding; nothing
+else is applied.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from pipeline.core.config import Color
 from pipeline.core.errors import DataError, PipelineError
+from pipeline.data import table_rows
 from pipeline.data.images import IMAGE_SUFFIXES, decode
 
 USAGE = (
@@ -33,7 +37,7 @@ USAGE = (
 @dataclass
 class Inputs:
     names: list[str]  # one per input: the file, or file:row
-    x: np.ndarray  # shaped as the model takes them
+    x: Any  # shaped as the model takes them: an array, or a table's rows as a data frame
 
 
 def read_inputs(paths: list[Path], shape: tuple[int, ...]) -> Inputs:
@@ -104,11 +108,44 @@ def probabilities(outputs: Any) -> np.ndarray:
     return probs
 
 
-def input_shape(model: Any) -> tuple[int, ...]:
+def read_rows(paths: list[Path], schema: Any) -> Inputs:
+    """The rows of CSV files (with a header) as the columns a table's model takes, numbers as
+    numbers and categories as text; other columns are left out."""
+    import pandas as pd
+
+    columns = {spec.name: spec.type.name for spec in schema.inputs}
+    names, frames = [], []
+    for path in paths:
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{path}: the model takes table rows; give a .csv with a header")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        absent = [name for name in columns if name not in frame]
+        if absent:
+            raise DataError(
+                f"{path}: no column {absent[0]} (the model takes {', '.join(columns)}); "
+                "give rows with a header naming its columns"
+            )
+        frame = frame[list(columns)]
+        for name, kind in columns.items():
+            if kind != "string":
+                values, text_cells = table_rows.numbers(frame[name])
+                if text_cells.any():
+                    row = int(np.flatnonzero(text_cells)[0])
+                    raise DataError(f"{path}: column {name}, row {row + 1}: not a number")
+                frame[name] = values
+        frames.append(frame)
+        names += [f"{path}:{row + 1}" for row in range(len(frame))]
+    return Inputs(names, pd.concat(frames, ignore_index=True))
+
+
+def read_for(model: Any, files: list[Path]) -> Inputs:
+    """The files as the inputs `model` takes, by its signature."""
     schema = model.metadata.get_input_schema()
-    if schema is None or not schema.is_tensor_spec():
-        raise DataError("the model has no tensor signature; log it again with `train`")
-    return tuple(schema.inputs[0].shape[1:])
+    if schema is None:
+        raise DataError("the model has no signature; log it again with `train`")
+    if not schema.is_tensor_spec():
+        return read_rows(files, schema)
+    return read_inputs(files, tuple(schema.inputs[0].shape[1:]))
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[Path]]:
@@ -142,18 +179,26 @@ def main(argv: list[str] | None = None) -> None:
             f"models:/{tracking.experiment_name(options['task'], prefix)}@champion"
         )
         try:
+            build = (mlflow.models.get_model_info(uri).metadata or {}).get("build")
+            if build:  # a custom model's module, which may define its layers
+                from pipeline.models.custom import build_function
+
+                build_function(build)
             model = mlflow.pyfunc.load_model(uri)
         except mlflow.exceptions.MlflowException as error:
             raise PipelineError(
                 f"{uri}: {str(error).splitlines()[0]}; run `dvc repro` (the report registers "
                 "each task's champion) or give model=<model URI>"
             ) from None
-        inputs = read_inputs(files, input_shape(model))
-        if model.metadata.flavors.get("keras"):
+        inputs = read_for(model, files)
+        if "sklearn" not in model.metadata.flavors:  # Keras, or a table's Keras inside
             import keras
 
-            keras.utils.disable_interactive_logging()  # progress bars would mix with the answers
-        probs = probabilities(model.predict(inputs.x))
+            keras.utils.disable_interactive_logging()  # progress bars would mix with answers
+        try:
+            probs = probabilities(model.predict(inputs.x))
+        except (ValueError, mlflow.exceptions.MlflowException) as error:  # a row it cannot take
+            raise DataError(f"{', '.join(map(str, files))}: {str(error).splitlines()[0]}") from None
         names = model.metadata.metadata.get("class_names") if model.metadata.metadata else None
         names = names or [str(i) for i in range(probs.shape[1])]
     except PipelineError as error:

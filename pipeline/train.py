@@ -73,7 +73,7 @@ def main(cfg: DictConfig) -> None:
             {key: summary[key] for key in ("param_count", "epochs_trained", "train_seconds")}
         )
         if settings.tracking.log_model:
-            log_model(fitted.net, data)
+            log_model(fitted.net, data, settings.model.build)
     log.info("%s: %s", out_dir, summary)
 
 

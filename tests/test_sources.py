@@ -380,3 +380,30 @@ def test_a_class_too_small_for_k_folds_is_one_line_before_any_training() -> None
     with pytest.raises(DataError) as error:
         crossval.fold_accuracies(settings, data)
     one_line(error, "class out has 3 samples", "5-fold cross-validation (train.cv_folds)")
+
+
+def test_table_rows_encode_raw_rows_as_fetch_did_and_name_what_they_cannot() -> None:
+    import pandas as pd
+
+    from pipeline.data import table_rows
+
+    features = [
+        {"name": "size", "type": "number", "fill": 2.5},
+        {"name": "colour", "type": "category", "categories": ["blue", "red"]},
+        {"name": "code", "type": "category", "categories": ["3", "7"]},
+    ]
+    frame = pd.DataFrame({"size": ["1.5", "", "4"], "colour": ["red", "blue", "red"],
+                          "code": [7, 3.0, "7"], "label": ["a", "b", "c"]})  # fmt: skip
+
+    x = table_rows.encode(frame, features)
+
+    np.testing.assert_array_equal(x, [[1.5, 1, 1], [2.5, 0, 0], [4, 1, 1]])
+    back = table_rows.decode(x, features)
+    assert back["colour"].tolist() == ["red", "blue", "red"] and back["code"].tolist()[1] == "3"
+    for change, message in (
+        ({"colour": ["red", "green", "red"]}, "column colour: 'green' is not one of its"),
+        ({"size": ["1", "big", "2"]}, "column size: row 2 holds 'big', not a number"),
+        ({"code": [7, None, 3]}, "column code: row 2 has no value"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            table_rows.encode(frame.assign(**change), features)

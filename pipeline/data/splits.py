@@ -34,7 +34,7 @@ class Split:
     y_test: np.ndarray
     class_names: list[str]
     label_errata_changed: int | None = None  # labels the source's errata list corrected
-    # A table's columns, as `fetch` found them (pipeline/data/rows.py); None for other data.
+    # A table's columns, as `fetch` found them (pipeline/data/table_rows.py); None for other data.
     features: list[dict[str, Any]] | None = None
 
     @property

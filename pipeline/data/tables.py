@@ -3,7 +3,7 @@
 Features are typed as Ludwig's input features are: `number` or `category` (`source.features`;
 by default every other column, numbers as numbers and text as categories). Categories are kept
 as indices into each column's sorted values, which the model one-hot encodes itself, so the
-logged model takes raw rows with the category as text (pipeline/data/rows.py). A missing value
+logged model takes raw rows with the category as text (pipeline/data/table_rows.py). A missing value
 stops fetch, naming the column and the count, unless `source.missing` says to drop or fill.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.core.config import Missing, TableSource
 from pipeline.core.errors import DataError
-from pipeline.data import rows
+from pipeline.data import table_rows as rows
 from pipeline.data.checks import Fetched
 from pipeline.data.origin import locate
 

@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.core import timings
 from pipeline.core.config import AugmentConfig, Family, ModelConfig, Optimizer
 from pipeline.core.errors import ConfigError
-from pipeline.data.rows import category_sizes, one_hot_columns
+from pipeline.data.table_rows import category_sizes, one_hot_columns
 from pipeline.models.custom import custom_outputs
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import DataError, missing, remake, unreadable
 from pipeline.core.files import atomic_output
-from pipeline.data.rows import one_hot_columns
+from pipeline.data.table_rows import one_hot_columns
 from pipeline.models.nets import is_keras_net
 
 if TYPE_CHECKING:

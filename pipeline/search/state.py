@@ -56,7 +56,7 @@ SEARCH_CODE = (
     "pipeline.models.nets",
     "pipeline.models.custom",
     "pipeline.models.fitting",
-    "pipeline.data.rows",
+    "pipeline.data.table_rows",
     "pipeline.data.splits",
     *(f"pipeline.core.config.{part}" for part in CONFIG_PARTS),
 )
