@@ -201,6 +201,14 @@ def test_custom_needs_its_build_and_only_custom_takes_one() -> None:
         ModelConfig(family=Family.custom, build="src/nets.py")
 
 
+def test_a_search_varies_a_custom_models_params_even_named_as_spec_words() -> None:
+    from pipeline.search import space
+
+    (param,) = space.parse({"model": {"params": {"units": {"choice": [4, 8]}}}})
+
+    assert param.path == "model.params.units" and param.spec == {"choice": [4, 8]}
+
+
 def test_a_table_model_one_hot_encodes_its_category_columns_and_standardises_the_rest() -> None:
     features = [
         {"name": "size", "type": "number"},

@@ -85,7 +85,7 @@ def parse(space: Any) -> list[Param]:
     def walk(node: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
             path = f"{prefix}{key}"
-            if isinstance(value, dict) and value and set(value) <= SPEC_KEYS:
+            if _is_spec(value):
                 params.append(Param(path, spec=_checked_spec(path, value)))
             elif isinstance(value, dict) and value:
                 walk(value, f"{path}.")
@@ -94,6 +94,15 @@ def parse(space: Any) -> list[Param]:
 
     walk(space, "")
     return sorted(params, key=lambda param: param.condition is not None)
+
+
+def _is_spec(value: Any) -> bool:
+    """Whether a node is one parameter's spec rather than a group of parameters: a spec's values
+    are numbers and lists (a `when`'s aside), so a node of dicts only is a group even where its
+    keys are spec words, as a custom model's `model.params.units: {choice: [...]}` is."""
+    if not (isinstance(value, dict) and value and set(value) <= SPEC_KEYS):
+        return False
+    return not all(isinstance(item, dict) for item in value.values())
 
 
 def _checked_spec(path: str, spec: dict[str, Any]) -> dict[str, Any]:
