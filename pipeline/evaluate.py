@@ -48,7 +48,7 @@ def test_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
-@stage("config", reads=("backend", "dataset", "model.build", "variant", "tracking", "paths"))
+@stage("config", reads=("backend", "dataset", "variant", "tracking", "paths"))
 def main(cfg: DictConfig) -> None:
     settings: config.Config = config.load(cfg)
     task, variant = settings.dataset.name, settings.variant
@@ -58,7 +58,9 @@ def main(cfg: DictConfig) -> None:
     tracking.require_run(trained["run_id"], model_dir / models.RUN_FILE)
     split_file = settings.paths.read.split_file(task)
     data = load_split(split_file)
-    models.import_module_of(settings.model)  # a custom model's layers, before it is read
+    # A custom model's layers, before it is read: its module as train recorded it, so that
+    # evaluate reads no model config (the module file is a dep of its own).
+    models.import_module_of(trained.get("build"))
     net = models.load(model_dir)
 
     # The validation score of the model as saved (early stopping may have restored an earlier

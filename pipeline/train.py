@@ -63,6 +63,8 @@ def main(cfg: DictConfig) -> None:
             "epochs_trained": int(fitted.history["epoch"].iloc[-1]),
             "train_seconds": round(fitted.seconds, 3),
         }
+        if settings.model.build is not None:
+            summary["build"] = settings.model.build  # the module evaluate imports first
         # Saved before anything else that can fail: a failed upload keeps the trained model.
         with atomic_output(out_dir) as tmp:
             tmp.mkdir()

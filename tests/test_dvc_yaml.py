@@ -29,7 +29,7 @@ def resolved_stages(root: Path = ROOT) -> dict[str, Any]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {stage.addressing: stage for stage in repo.index.stages}
+        return {stage.name: stage for stage in repo.index.stages}
 
 
 def keys_set(path: Path, package: str) -> set[str]:

@@ -80,11 +80,12 @@ def source_file(build: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin and spec.has_location else None
 
 
-def import_module_of(model: ModelConfig) -> None:
-    """Import a custom model's module before its saved model is loaded: it may define (and
-    register with Keras) layers of its own."""
-    if model.build is not None:
-        build_function(model.build)
+def import_module_of(build: str | None) -> None:
+    """Import a custom model's module (its `model.build`, None for the built-in families)
+    before its saved model is loaded: it may define (and register with Keras) layers of its
+    own."""
+    if build is not None:
+        build_function(build)
 
 
 def custom_outputs(model: ModelConfig, x: Any, n_classes: int) -> Any:
