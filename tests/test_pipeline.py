@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from conftest import all_runs, mlflow_client, stage_env
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from tiny_data import write_mnist_mirror, write_sign_digits_mirror
+from test_dvc_yaml import disagreement, resolved_stages
+from tiny_data import write_image_folder, write_mnist_mirror, write_sign_digits_mirror, write_table
 
 from pipeline.core import selection
 
@@ -30,6 +32,86 @@ TASK_RUNS = {
     "sign_digits_01/tuned",
 }
 TASKS = ("mnist", "circles", "sign_digits", "sign_digits_01")
+# Tasks of one's own, each added by `python -m pipeline.new_task` alone: a folder of photos
+# (JPEG and PNG, mixed sizes, one RGB among grayscale ones), a folder split into train/ val/
+# test/ trained with a model function of the repository's own, and a CSV table with a text label
+# and a category column. A search each (no baseline, no k folds: what the issue asks of them).
+OWN_TASKS = ("photos", "presplit", "iris")
+NEW_TASK = {
+    "photos": ("kind=image_folder", "path=own/photos", "image_size=16"),
+    "presplit": (
+        "kind=image_folder", "path=own/presplit", "image_size=16", "build=src.own_nets:small",
+    ),
+    "iris": ("kind=table", "path=own/iris.csv", "label=species"),
+}  # fmt: skip
+OWN_NETS = """import keras
+
+
+def small(params, inputs, n_classes):
+    x = keras.Input(inputs.shape)
+    h = keras.layers.Dense(params["units"], activation="relu")(keras.layers.Flatten()(x))
+    return keras.Model(x, keras.layers.Dense(n_classes, activation="softmax")(h))
+"""
+
+
+def add_own_tasks(repo: Path) -> None:
+    """The data and the model function of one's own, and the tasks the one command adds; then
+    only YAML is edited: the model function's `units`, and a search over it."""
+    write_image_folder(repo / "own/photos", per_class=12)
+    write_image_folder(repo / "own/presplit", per_class=12, parts=("train", "val", "test"))
+    write_table(repo / "own/iris.csv", rows=90)
+    (repo / "src").mkdir()
+    (repo / "src/own_nets.py").write_text(OWN_NETS)
+    for name, options in NEW_TASK.items():
+        added = shell(
+            repo, sys.executable, "-m", "pipeline.new_task", f"name={name}", *options,
+            "baseline=false", "crossval=false",
+        )  # fmt: skip
+        assert f"added {name} to conf/tasks.yaml" in added.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.new_task", "name=iris", *NEW_TASK["iris"]],
+        cwd=repo, env=stage_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == 1 and refused.stderr.startswith("error: name=iris is taken")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    edit(repo / "conf/model/presplit.yaml", r"params: \{\}", "params: {units: 8}")
+    edit(
+        repo / "conf/search_space/presplit.yaml",
+        r"model:\n",
+        "model:\n  params:\n    units: {choice: [4, 8]}\n",
+    )
+
+
+def own_test_inputs(repo: Path) -> list[tuple[str, list[str], list[str]]]:
+    """Each own task's test samples as the user has them, for `predict`: the image files of its
+    test part (found by their pixels), the CSV rows of the table's (found by their encoding)."""
+    import pandas as pd
+
+    from pipeline.core.config import Color
+    from pipeline.data import table_rows
+    from pipeline.data.images import decode
+
+    inputs = []
+    for task, folder in (("photos", "own/photos"), ("presplit", "own/presplit/test")):
+        with np.load(repo / f"data/split/{task}.npz") as split:
+            names = [str(name) for name in split["class_names"]]
+            x_test, truth = split["x_test"], [names[label] for label in split["y_test"]]
+        files = sorted(
+            path
+            for path in (repo / folder).rglob("*.*")
+            if not any(part.startswith(".") for part in path.relative_to(repo / folder).parts)
+        )
+        pixels = {decode(f.read_bytes(), 16, Color.grayscale).tobytes(): f for f in files}
+        inputs.append((task, [str(pixels[x.tobytes()]) for x in x_test], truth))
+    with np.load(repo / "data/split/iris.npz") as split:
+        features = json.loads(str(split["features"]))
+        x_test, names = split["x_test"], [str(name) for name in split["class_names"]]
+        truth = [names[label] for label in split["y_test"]]
+    table = pd.read_csv(repo / "own/iris.csv", dtype=str)
+    encoded = {row.tobytes(): i for i, row in enumerate(table_rows.encode(table, features))}
+    table.iloc[[encoded[x.tobytes()] for x in x_test]].to_csv(repo / "iris_test.csv", index=False)
+    inputs.append(("iris", ["iris_test.csv"], truth))
+    return inputs
 
 
 def raw_test_inputs(
@@ -106,8 +188,10 @@ def edit(path: Path, pattern: str, replacement: str) -> None:
 
 
 def shell(repo: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
+    # A guard against a hang, not a time limit: the first repro of every task takes 15 minutes
+    # on a shared 2-core machine under a load of 7.
     result = subprocess.run(
-        command, cwd=repo, env=stage_env(**env), capture_output=True, text=True, timeout=900
+        command, cwd=repo, env=stage_env(**env), capture_output=True, text=True, timeout=2400
     )
     assert result.returncode == 0, (
         f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -129,6 +213,7 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
     """The project as a git + DVC repository whose sources are tiny copies in a mirror folder
     and whose presets train for two epochs."""
     mirror = tmp_path / "mirror"
+    add_own_tasks(project)
     for name, sha256 in write_mnist_mirror(mirror).items():
         edit(project / "conf/source/mnist.yaml", rf"{re.escape(name)}: \w+", f"{name}: {sha256}")
     sources = project / "conf/source/sign_digits.yaml"
@@ -142,7 +227,8 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
         edit(preset, r"epochs: \d+", "epochs: 2")
     for search in (project / "conf/search").glob("*.yaml"):
         edit(search, r"max_epochs: \d+", "max_epochs: 2")
-    edit(project / "conf/search/circles.yaml", r"max_trials: \d+", "max_trials: 2")
+    for search in ("circles", "iris"):
+        edit(project / f"conf/search/{search}.yaml", r"max_trials: \d+", "max_trials: 2")
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")
@@ -161,9 +247,23 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         first.stdout
     )
 
+    own_stages = {
+        f"{stage}@{task}"
+        for task in OWN_TASKS
+        for stage in ("fetch", "split", "tune", "train_tuned", "evaluate_tuned")
+    }
+    assert own_stages <= stages_run(first.stdout)
+    # dvc.yaml's stages for them list exactly what they read (tests/test_dvc_yaml.py's check):
+    # the photos' folder, the table's file, and the model function's module.
+    stages = resolved_stages(repo)
+    for name in sorted(own_stages):
+        assert disagreement(stages[name], repo) is None
+    assert "own/photos" in {dep.def_path for dep in stages["fetch@photos"].deps}
+    assert "src/own_nets.py" in {dep.def_path for dep in stages["tune@presplit"].deps}
+
     client = mlflow_client(repo)
     runs = [r for r in all_runs(client) if r.data.tags.get("stage") == "train"]
-    assert {r.info.run_name for r in runs} == TASK_RUNS
+    assert {r.info.run_name for r in runs} == TASK_RUNS | {f"{t}/tuned" for t in OWN_TASKS}
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
         assert run.data.params["dataset.name"] == run.data.tags["task"]
@@ -183,11 +283,30 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
         assert accuracy == by_name[name].data.metrics["test_accuracy"]
 
     searches = [r for r in all_runs(client) if r.data.tags.get("stage") == "tune"]
-    assert {r.info.run_name for r in searches} == {f"{task}/search" for task in TASKS}
+    assert {r.info.run_name for r in searches} == {f"{t}/search" for t in TASKS + OWN_TASKS}
+    # The custom model was searched over its own parameter, and trained with its pick.
+    (custom,) = [r for r in searches if r.info.run_name == "presplit/search"]
+    trials = client.search_runs(
+        [custom.info.experiment_id], f"tags.mlflow.parentRunId = '{custom.info.run_id}'"
+    )
+    assert {t.data.params["model.params.units"] for t in trials} <= {"4", "8"} and trials
+    assert by_name["presplit/tuned"].data.params["model.family"] == "custom"
+
+    # Each run that used the data has their summary, with its dataset inputs and as a file.
+    photos_run = by_name["photos/tuned"]
+    summary = json.loads(
+        Path(client.download_artifacts(photos_run.info.run_id, "data/summary.json")).read_text()
+    )
+    assert summary["source"]["images"]["modes"] == {"L": 35, "RGB": 1}
+    (training,) = [i for i in photos_run.inputs.dataset_inputs if "train" in i.dataset.name]
+    assert json.loads(training.dataset.profile)["summary"] == summary
 
     report = (repo / "reports/README.md").read_text()
-    for task in TASKS:
+    for task in TASKS + OWN_TASKS:
         assert f"## {task}" in report and f"models:/{task}@champion" in report
+    assert "modes L 35, RGB 1" in report and "formats JPEG 18, PNG 18" in report
+    assert "train 36, validation 12, test 12" in report  # the presplit task's own parts
+    assert "pot (category, 3 categories)" in report
     assert "k-fold accuracy" in report
     assert "chosen by validation accuracy: models within" in report
     assert "The search picked trial" in report and "tied with it:" in report
@@ -198,7 +317,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     # Each task registered one version, its champion: of the runs within one standard error of
     # the best validation accuracy, the searched model.
-    for task in TASKS:
+    for task in TASKS + OWN_TASKS:
         (version,) = client.search_model_versions(f"name = '{task}'")
         assert client.get_model_version_by_alias(task, "champion").version == version.version
         candidates = [r for r in runs if r.data.tags["task"] == task]
@@ -226,7 +345,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     # Each champion takes inputs as the source gives them, read afresh in a new process, and
     # scores on them what evaluate reported for the same points.
-    for inputs in raw_test_inputs(repo, mirror):
+    for inputs in raw_test_inputs(repo, mirror) + own_test_inputs(repo):
         accuracy, champion = champion_on(repo, client, *inputs)
         assert accuracy == pytest.approx(champion.data.metrics["test_accuracy"]), inputs[0]
 
@@ -258,11 +377,23 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     assert changed_stages(repo) == {
         "tune@mnist",
         "tune@sign_digits",
+        "tune@photos",
         "train@sign_digits-baseline",
         "train_tuned@mnist",
         "train_tuned@sign_digits",
+        "train_tuned@photos",
     }
     edit(repo / "conf/model/cnn.yaml", r"kernel_size: 5", "kernel_size: 3")
+    # So does a model function's module: its task's stages, no other.
+    edit(repo / "src/own_nets.py", r'activation="relu"', 'activation="tanh"')
+    assert changed_stages(repo) == {
+        "tune@presplit", "train_tuned@presplit", "evaluate_tuned@presplit",
+    }  # fmt: skip
+    edit(repo / "src/own_nets.py", r'activation="tanh"', 'activation="relu"')
+    # And one's own data: a photo more in the folder fetches it again.
+    shutil.copy(repo / "own/photos/cat/cat_all_000.jpg", repo / "own/photos/cat/copy.jpg")
+    assert changed_stages(repo) == {"fetch@photos"}
+    (repo / "own/photos/cat/copy.jpg").unlink()
     # The final training's epochs retrain the model, but do not rerun its search.
     edit(repo / "conf/experiment/circles/tuned.yaml", r"epochs: 2", "epochs: 3")
     assert changed_stages(repo) == {
