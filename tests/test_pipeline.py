@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import all_runs, mlflow_client, stage_env
+from conftest import ROOT, all_runs, mlflow_client, stage_env
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from tiny_data import write_mnist_mirror, write_sign_digits_mirror
@@ -142,17 +144,31 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
     for search in (project / "conf/search").glob("*.yaml"):
         edit(search, r"max_epochs: \d+", "max_epochs: 2")
     edit(project / "conf/search/circles.yaml", r"max_trials: \d+", "max_trials: 2")
+    shutil.copy(ROOT / ".gitignore", project)  # as in a clone: the local stores stay out of git
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")
-    shell(project, "git", "add", "-A")
-    shell(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    commit(project, "tiny")
     return project, mirror
+
+
+def commit(repo: Path, message: str) -> None:
+    shell(repo, "git", "add", "-A")
+    shell(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+
+def exp_show_columns(repo: Path) -> list[str]:
+    """The columns of the README's `dvc exp show` command's table in `repo`."""
+    readme = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"^\./dev\.sh (dvc exp show .*)$", readme, re.MULTILINE)
+    table = shell(repo, *shlex.split(command), "--md", "--no-pager").stdout
+    header = next(line for line in table.splitlines() if line.startswith("|"))
+    return [cell.strip() for cell in header.strip("|").split("|")]
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
-    tiny_repo: tuple[Path, Path],
+    tiny_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
     repo, mirror = tiny_repo
     first = shell(repo, "dvc", "repro", PIPELINE_DATA_MIRROR=str(mirror))
@@ -185,8 +201,12 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     assert {r.info.run_name for r in searches} == {f"{task}/search" for task in TASKS}
 
     report = (repo / "reports/README.md").read_text()
+    train_runs = "runs?searchFilter=tags.stage%20%3D%20%27train%27"
     for task in TASKS:
         assert f"## {task}" in report and f"models:/{task}@champion" in report
+        # A link to the task's training runs in the MLflow UI, not to its GenAI overview.
+        experiment = client.get_experiment_by_name(task).experiment_id
+        assert f"<http://127.0.0.1:5000/#/experiments/{experiment}/{train_runs}>" in report
     assert "k-fold accuracy" in report
     assert "chosen by validation accuracy: models within" in report
     assert "The search picked trial" in report and "tied with it:" in report
@@ -216,6 +236,27 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     nothing = shell(repo, "dvc", "repro")
     assert stages_run(nothing.stdout) == set()
+
+    # A colleague's clone gets every output from the team's DVC remote, searches included,
+    # and has nothing left to run.
+    shell(repo, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    commit(repo, "repro")
+    shell(repo, "dvc", "push", "--run-cache")
+    clone = tmp_path / "clone"
+    shell(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    shell(clone, "dvc", "pull", "--run-cache")
+    assert (clone / "models/circles/search/state.json").exists()
+    assert (clone / "champions/circles/run.json").exists()
+    assert changed_stages(clone) == set()
+    assert stages_run(shell(clone, "dvc", "repro").stdout) == set()
+    # A task's champion, as DVC's model registry gives a tagged version of it.
+    shell(repo, "git", "tag", "circles@v1.0.0")
+    got = tmp_path / "got"
+    shell(tmp_path, "dvc", "artifacts", "get", str(repo), "circles", "--out", str(got))
+    assert (got / "run.json").read_bytes() == (repo / "champions/circles/run.json").read_bytes()
+    # The README's experiment table on the workspace alone: each task's champion.
+    first, *headline = exp_show_columns(repo)
+    assert first == "Experiment" and sorted(headline) == sorted(f"champion.{t}" for t in TASKS)
 
     # Evaluate added its metrics to each train run later, without reopening it: the run's end
     # is training's.
@@ -284,3 +325,11 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     shell(repo, "dvc", "repro", "--force", "--single-item", "tune@circles")
     assert (repo / "models/circles/best_hparams.yaml").read_text() == best
     assert circles_searches() == searched
+
+    # With two experiments, the table adds the params that differ, and stays narrow.
+    for epochs in (1, 3):
+        setting = f"conf/experiment/circles/baseline.yaml:train.epochs={epochs}"
+        shell(repo, "dvc", "exp", "run", "-S", setting, PIPELINE_DATA_MIRROR=str(mirror))
+    columns = exp_show_columns(repo)
+    assert "conf/experiment/circles/baseline.yaml:train.epochs" in columns
+    assert "champion.circles" in columns and len(columns) <= 40, columns

@@ -48,6 +48,10 @@ EXPERIMENT_KIND = "custom_model_development"
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "owner.host", "owner.pid", "owner.started"
 
 
+# Where `mlflow ui` serves a local store by default (README: ./dev.sh mlflow ui ...).
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
 STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
 
 
@@ -129,6 +133,18 @@ def tracking_uri(configured: str | None = None) -> str:
     if configured:
         return configured
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def runs_page(experiment_id: str, search_filter: str = "") -> str:
+    """The MLflow UI's Runs tab of an experiment, showing the runs `search_filter` selects: on
+    the tracking server in use, else on `mlflow ui` serving the local store. A bare experiment
+    link lands on whichever tab the UI picks for its kind."""
+    import urllib.parse
+
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    query = f"?searchFilter={urllib.parse.quote(search_filter)}" if search_filter else ""
+    return f"{base}/#/experiments/{experiment_id}/runs{query}"
 
 
 def experiment_name(task: str, prefix: str = "") -> str:
