@@ -23,6 +23,7 @@ import mlflow
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_failure
+from pipeline.tracking.auth import check_credentials, is_forbidden, refusal
 
 if TYPE_CHECKING:
     pass
@@ -81,6 +82,8 @@ def store_failure(error: BaseException) -> PipelineError | None:
     database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     link: BaseException | None = error
     while link is not None and not isinstance(link, PipelineError):
+        if is_forbidden(link):  # a registered model, say, that this user may not change
+            return refusal(uri, "a write (" + str(link).splitlines()[0][:200] + ")")
         said = [code for say, code in SQLITE_REFUSALS.items() if say in str(link).lower()]
         # "unable to open" also means a folder that is not there: no refusal of the place.
         if database is not None and said and (said[0] != errno.EACCES or _unwritable(database)):
@@ -182,6 +185,7 @@ def connect(uri: str) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); start it "
             "(./dev.sh team-server) or set MLFLOW_TRACKING_URI / tracking.uri to a running one"
         ) from None
+    check_credentials(uri, PROBE_TIMEOUT_S)
 
 
 def open_sqlite_store(uri: str) -> None:
@@ -238,10 +242,17 @@ def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "
             )
     existing = mlflow.set_experiment(experiment)
     # Experiments made before the tag, or by hand. A kind the UI only guessed (`*_inferred`,
-    # `no_inferred_type`) is replaced; one somebody chose is kept.
+    # `no_inferred_type`) is replaced; one somebody chose is kept. Written every time: on a
+    # server with users, the write a user may not make stops the stage here, before any work.
     kind = existing.tags.get(EXPERIMENT_KIND_TAG)
     if kind is None or "inferred" in kind:
-        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        kind = EXPERIMENT_KIND
+    try:
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, kind)
+    except mlflow.exceptions.MlflowException as error:
+        if not is_forbidden(error):
+            raise
+        raise refusal(uri, f"experiment {experiment!r}") from None
     end_orphans(existing.experiment_id)
     return experiment
 
