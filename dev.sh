@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick start's one entry point. Sets up .venv from requirements.lock on first use (and
-# again only when the lock changes; KERAS_BACKEND=jax|torch and PIPELINE_ACCELERATOR=cuda add
-# their own locks), then:
+# again only when the lock changes; KERAS_BACKEND=jax|torch, PIPELINE_ACCELERATOR=cuda and
+# PIPELINE_REMOTE=ssh|s3 add their own locks), then:
 #   ./dev.sh repro [dvc repro args]   run the pipeline (dvc repro)
 #   ./dev.sh test [pytest args]       run the test suite
 #   ./dev.sh team-server [options]    MLflow tracking server on PostgreSQL (--help; README)
@@ -34,6 +34,16 @@ case "${KERAS_BACKEND:-tensorflow}" in
     echo "error: KERAS_BACKEND=$KERAS_BACKEND: use tensorflow (the default), jax or torch" >&2
     exit 1 ;;
 esac
+# A DVC remote over SSH or on S3 needs its plugin: PIPELINE_REMOTE=ssh, s3 or ssh,s3.
+remote_kinds=${PIPELINE_REMOTE:-}
+for remote in ${remote_kinds//,/ }; do
+  case "$remote" in
+    ssh | s3) locks+=("requirements-$remote.lock") ;;
+    *)
+      echo "error: PIPELINE_REMOTE=$PIPELINE_REMOTE: use ssh, s3 or ssh,s3 (a shared folder needs none)" >&2
+      exit 1 ;;
+  esac
+done
 [ "$command" = test ] && locks+=(requirements-jax.lock)
 # The documentation site's tools: ./dev.sh docs, and the tests, which build it (tests/test_docs.py).
 case "$command" in test | docs) locks+=(requirements-docs.lock) ;; esac

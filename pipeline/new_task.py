@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.core.config import TASKS_FILE, Color, Kind, source_of
+from pipeline.core.config import DVC_FILE, TASKS_FILE, Color, Kind, source_of
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.files import all_or_none, write_text
 from pipeline.core.task_list import refuse_taken, with_entries
@@ -210,6 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         section, summary = checked(source_section(options))
         made = task_files(options, section, summary)
         tasks = with_entries(TASKS_FILE.read_text(), made["entries"])
+        # DVC expands no foreach in artifacts:, so the champion is declared by name.
+        champion = (
+            f"{options['name']}:\n    path: champions/{options['name']}\n    type: model\n"
+            f"    desc: \"{options['name']}: the report's champion, by validation accuracy "
+            f'(in MLflow: models:/{options["name"]}@champion)"'
+        )
+        dvc_yaml = DVC_FILE.read_text()
         paths = [conf / path for path in made["files"]]
         taken = [str(path) for path in paths if path.exists()]
         if taken:
@@ -218,13 +225,19 @@ def main(argv: list[str] | None = None) -> None:
         with all_or_none(*paths):
             for path, text in zip(paths, made["files"].values(), strict=True):
                 write_text(path, text)
-            write_text(TASKS_FILE, tasks)
+            write_text(DVC_FILE, with_entries(dvc_yaml, {"artifacts": champion}))
+            try:
+                write_text(TASKS_FILE, tasks)
+            except BaseException:
+                write_text(DVC_FILE, dvc_yaml)
+                raise
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     for path in paths:
         print(f"wrote {path}")
     print(f"added {options['name']} to {TASKS_FILE}: {', '.join(made['entries'])}")
+    print(f"added its champion to {DVC_FILE}'s artifacts")
     print(f"data: {summary['samples']:,} samples, classes {summary['classes']}")
     print("next: ./dev.sh repro   (or first ./dev.sh dvc status to see the new stages)")
 

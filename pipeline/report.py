@@ -5,7 +5,9 @@
 Every number comes from the MLflow store (`mlflow.search_runs`, for the runs named in each
 models/<task>/<variant>/run.json) or from the stage outputs; the figures are PNGs beside it.
 Each task's best model (by validation accuracy: the test part picks nothing) is registered in
-the MLflow model registry under the task's name, with the alias `champion`.
+the MLflow model registry under the task's name, with the alias `champion`, and copied to
+champions/<task>/ (dvc.yaml's `artifacts:`); reports/metrics.json holds each champion's test
+accuracy, the headline a `dvc exp show` table compares.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -23,11 +26,11 @@ from omegaconf import DictConfig
 from pipeline import models, tracking
 from pipeline.core import backend, config, selection
 from pipeline.core.cli import stage
-from pipeline.core.files import atomic_output, sha256_of, write_text
+from pipeline.core.files import atomic_output, sha256_of, write_json, write_text
 from pipeline.data.checks import read_summary
 from pipeline.data.splits import load_split
 from pipeline.reporting import plots
-from pipeline.reporting.champion import register_best
+from pipeline.reporting.champion import best_run, register_best
 from pipeline.reporting.data import data_lines
 
 log = logging.getLogger(__name__)
@@ -120,24 +123,31 @@ def machines(runs: pd.DataFrame) -> list[str]:
 
 
 def task_section(
-    task: str, settings: config.ReportConfig, figures: Path
-) -> tuple[str, pd.DataFrame]:
-    """The task's part of the report, and the runs it reports."""
+    task: str, settings: config.ReportConfig, figures: Path, champions: Path
+) -> tuple[str, pd.DataFrame, pd.Series | None]:
+    """The task's part of the report, the runs it reports and the champion's run (None before
+    evaluate scored them); the champion's model folder is copied into `champions`/<task>."""
     tracking_cfg = settings.tracking
     experiment = tracking.use_experiment(task, tracking_cfg.uri, tracking_cfg.experiment_prefix)
     read = settings.paths.read
     runs = task_runs(task, experiment, read.path("models"))
     if runs.empty:
-        return f"## {task}\n\nNo trained model yet.\n", runs
+        return f"## {task}\n\nNo trained model yet.\n", runs, None
     with np.load(read.split_file(task)) as split:
         n_val, n_test = len(split["y_val"]), len(split["y_test"])
     table = results_table(runs, n_test)
     digits = [".1f" if column == "train time (s)" else ".4f" for column in table.columns]
     lines = [f"## {task}", "", *data_lines(read_summary(read.split_file(task), f"split@{task}"))]
     lines += [table.to_markdown(index=False, floatfmt=digits), ""]
+    ui = tracking.runs_page(runs["experiment_id"].iloc[0], "tags.stage = 'train'")
+    lines += [f"Its training runs in the MLflow UI: <{ui}>", ""]
     lines += [search_line(read.report_dir(task, "search") / "pick.json"), ""]
-    if settings.register_models and "metrics.final_val_accuracy" in runs:
-        lines += [register_best(experiment, runs, n_val), ""]
+    best = None
+    if "metrics.final_val_accuracy" in runs:
+        best, tolerance = best_run(runs, n_val)
+        shutil.copytree(read.model_dir(task, best["variant"]), champions / task)
+        if settings.register_models:
+            lines += [register_best(experiment, best, tolerance, n_val), ""]
 
     curve_files = {
         variant: read.report_dir(task, variant) / "learning_curve.csv"
@@ -177,7 +187,7 @@ def task_section(
         plots.decision_boundary(net, data.x_test, data.y_test, boundary, "tuned model, test points")
         images.append(("decision boundary", Path("figures") / boundary.name))
     lines += [f"![{title}]({path})" for title, path in images]
-    return "\n".join(lines) + "\n", runs
+    return "\n".join(lines) + "\n", runs, best
 
 
 @stage("report", reads=("tasks", "register_models", "tracking", "paths"))
@@ -198,14 +208,21 @@ def main(cfg: DictConfig) -> None:
         f"- code: git commit `{tracking.git_commit()}`",
         *[f"- data: `data/split/{path.name}` sha256 `{sha256_of(path)}`" for path in split_files],
     ]
-    sections, reported = [], []
-    with atomic_output(reports / "figures") as figures:
+    sections, reported, headline = [], [], {}
+    with (
+        atomic_output(reports / "figures") as figures,
+        atomic_output(settings.paths.write.champions) as champions,
+    ):
         figures.mkdir()
+        champions.mkdir()
         for task in settings.tasks or config.pipeline_tasks():
-            section, runs = task_section(task, settings, figures)
+            section, runs, champion = task_section(task, settings, figures, champions)
             sections.append(section)
             reported.append(runs)
+            if champion is not None:
+                headline[task] = float(champion["metrics.test_accuracy"])
     header += [f"- machine: {line}" for line in machines(pd.concat(reported))] + [""]
+    write_json(reports / "metrics.json", {"champion": headline})
     write_text(reports / "README.md", "\n".join(header + sections))
     log.info("wrote %s", reports / "README.md")
 

@@ -19,6 +19,7 @@ from pipeline.core import config
 from pipeline.core.cli import stage
 from pipeline.core.files import atomic_output, write_json
 from pipeline.data.splits import load_split
+from pipeline.tracking import tensorboard
 from pipeline.tracking.logged_model import log_model
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,15 @@ def main(cfg: DictConfig) -> None:
         if data.label_errata_changed is not None:
             mlflow.log_param("data.label_errata_changed", data.label_errata_changed)
 
-        # The callback imports Keras: only for Keras models.
-        callbacks = [tracking.keras_callback()] if models.is_keras(settings.model) else []
+        # The callbacks import Keras: only for Keras models.
+        keras_model = models.is_keras(settings.model)
+        callbacks = [tracking.keras_callback()] if keras_model else []
+        board = tensorboard.root(settings.tracking.tensorboard_dir) / task / settings.variant
+        board /= active.info.run_id
+        if keras_model and settings.tracking.tensorboard:
+            callbacks.append(tensorboard.callback(board))
         fitted = models.fit(settings, data, callbacks)
+        tensorboard.attach(board, active.info.run_id)
         if not models.is_keras(settings.model):  # no epochs: the solver's final state
             final = fitted.history.iloc[-1].to_dict()
             mlflow.log_metrics(

@@ -161,3 +161,43 @@ def cpu_busy() -> Iterator[None]:
     finally:
         burner.kill()
         burner.wait()
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[float]]:
+    """Each scalar tag of the TensorBoard event files in `folder`, with its values in step
+    order. Keras 3 writes scalars as tensor events; every one is kept (by default TensorBoard's
+    reader samples 10 a tag)."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+
+    events = ea.EventAccumulator(str(folder), size_guidance={ea.TENSORS: 0})
+    events.Reload()
+    return {
+        tag: [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+        for tag in events.Tags()["tensors"]
+    }
+
+
+@contextmanager
+def tensorboard_serving(logdir: Path, log: Path) -> Iterator[str]:
+    """A real `tensorboard` serving `logdir` on a free loopback port; yields its URL."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir)]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+            env=stage_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_answering(server, url + "/data/logdir", log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

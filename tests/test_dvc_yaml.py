@@ -193,3 +193,19 @@ def test_every_task_listed_once_has_its_files() -> None:
         assert (conf / "experiment" / task / "tuned.yaml").exists(), task
     stages = {name.split("@")[0] for name in STAGES}
     assert {"fetch", "split", "tune", "train", "train_tuned", "evaluate", "crossval"} <= stages
+
+
+def test_every_task_has_its_champion_among_dvc_yaml_artifacts() -> None:
+    """DVC expands no `foreach` in `artifacts:`: a task added to conf/tasks.yaml needs its own
+    entry, a model at the folder the report copies its champion to."""
+    from dvc.repo import Repo
+
+    tasks = yaml.safe_load((ROOT / "conf/tasks.yaml").read_text())["tasks"]
+    with Repo(str(ROOT)) as repo:
+        (artifacts,) = repo.artifacts.read().values()
+        report = repo.stage.collect("report")[0]
+    assert set(artifacts) == set(tasks)
+    for task, artifact in artifacts.items():
+        assert artifact.path == f"champions/{task}" and artifact.type == "model", task
+        assert artifact.desc, f"{task}: an artifact says what it is"
+    assert "champions" in {out.def_path for out in report.outs}

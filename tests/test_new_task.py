@@ -43,6 +43,15 @@ def test_a_folder_becomes_a_task_and_its_name_is_then_taken(project: Path) -> No
     assert source["kind"] == "image_folder" and source["color"] == "grayscale"  # 35 of 36
     for path in ("dataset/photos.yaml", "search/photos.yaml", "experiment/photos/tuned.yaml"):
         assert (project / "conf" / path).exists(), path
+    # Its champion is a DVC artifact, as the tutorial tasks' are.
+    artifacts = yaml.safe_load((project / "dvc.yaml").read_text())["artifacts"]
+    assert artifacts["photos"] == {
+        "path": "champions/photos",
+        "type": "model",
+        "desc": "photos: the report's champion, by validation accuracy (in MLflow: "
+        "models:/photos@champion)",
+    }
+    assert {"mnist", "circles"} <= set(artifacts)
     # The file's comments stay, and the tutorial tasks' entries are untouched.
     assert (project / "conf/tasks.yaml").read_text().startswith("# The tasks the pipeline runs")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import all_runs, mlflow_client, stage_env
+from conftest import ROOT, all_runs, mlflow_client, stage_env
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from test_dvc_yaml import disagreement, resolved_stages
@@ -229,17 +230,35 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
         edit(search, r"max_epochs: \d+", "max_epochs: 2")
     for search in ("circles", "iris"):
         edit(project / f"conf/search/{search}.yaml", r"max_trials: \d+", "max_trials: 2")
+    shutil.copy(ROOT / ".gitignore", project)  # as in a clone: the local stores stay out of git
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
     shell(project, "dvc", "config", "core.analytics", "false")
-    shell(project, "git", "add", "-A")
-    shell(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    commit(project, "tiny")
     return project, mirror
+
+
+def git(repo: Path, *args: str) -> None:
+    shell(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", *args)
+
+
+def commit(repo: Path, message: str) -> None:
+    shell(repo, "git", "add", "-A")
+    git(repo, "commit", "-qm", message)
+
+
+def exp_show_columns(repo: Path) -> list[str]:
+    """The columns of the README's `dvc exp show` command's table in `repo`."""
+    readme = (ROOT / "README.md").read_text()
+    (command,) = re.findall(r"^\./dev\.sh (dvc exp show .*)$", readme, re.MULTILINE)
+    table = shell(repo, *shlex.split(command), "--md", "--no-pager").stdout
+    header = next(line for line in table.splitlines() if line.startswith("|"))
+    return [cell.strip() for cell in header.strip("|").split("|")]
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
-    tiny_repo: tuple[Path, Path],
+    tiny_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
     repo, mirror = tiny_repo
     first = shell(repo, "dvc", "repro", PIPELINE_DATA_MIRROR=str(mirror))
@@ -302,8 +321,12 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     assert json.loads(training.dataset.profile)["summary"] == summary
 
     report = (repo / "reports/README.md").read_text()
+    train_runs = "runs?searchFilter=tags.stage%20%3D%20%27train%27"
     for task in TASKS + OWN_TASKS:
         assert f"## {task}" in report and f"models:/{task}@champion" in report
+        # A link to the task's training runs in the MLflow UI, not to its GenAI overview.
+        experiment = client.get_experiment_by_name(task).experiment_id
+        assert f"<http://127.0.0.1:5000/#/experiments/{experiment}/{train_runs}>" in report
     assert "modes L 35, RGB 1" in report and "formats JPEG 18, PNG 18" in report
     assert "train 36, validation 12, test 12" in report  # the presplit task's own parts
     assert "pot (category, 3 categories)" in report
@@ -336,6 +359,28 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     nothing = shell(repo, "dvc", "repro")
     assert stages_run(nothing.stdout) == set()
+
+    # A colleague's clone gets every output from the team's DVC remote, searches included,
+    # and has nothing left to run.
+    shell(repo, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    commit(repo, "repro")
+    shell(repo, "dvc", "push", "--run-cache")
+    clone = tmp_path / "clone"
+    shell(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    shell(clone, "dvc", "pull", "--run-cache")
+    assert (clone / "models/circles/search/state.json").exists()
+    assert (clone / "champions/circles/run.json").exists()
+    assert changed_stages(clone) == set()
+    assert stages_run(shell(clone, "dvc", "repro").stdout) == set()
+    # A task's champion, as DVC's model registry gives a tagged version of it.
+    # (Annotated: DVC finds no version in a lightweight tag.)
+    git(repo, "tag", "-a", "circles@v1.0.0", "-m", "v1")
+    got = tmp_path / "got"
+    shell(tmp_path, "dvc", "artifacts", "get", str(repo), "circles", "--out", str(got))
+    assert (got / "run.json").read_bytes() == (repo / "champions/circles/run.json").read_bytes()
+    # The README's experiment table on the workspace alone: each task's champion.
+    first, *headline = exp_show_columns(repo)
+    assert first == "Experiment" and sorted(headline) == sorted(f"champion.{t}" for t in TASKS)
 
     # Evaluate added its metrics to each train run later, without reopening it: the run's end
     # is training's.
@@ -416,3 +461,11 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     shell(repo, "dvc", "repro", "--force", "--single-item", "tune@circles")
     assert (repo / "models/circles/best_hparams.yaml").read_text() == best
     assert circles_searches() == searched
+
+    # With two experiments, the table adds the params that differ, and stays narrow.
+    for epochs in (1, 3):
+        setting = f"conf/experiment/circles/baseline.yaml:train.epochs={epochs}"
+        shell(repo, "dvc", "exp", "run", "-S", setting, PIPELINE_DATA_MIRROR=str(mirror))
+    columns = exp_show_columns(repo)
+    assert "conf/experiment/circles/baseline.yaml:train.epochs" in columns
+    assert "champion.circles" in columns and len(columns) <= 40, columns

@@ -85,13 +85,73 @@ def team(tmp_path: Path) -> Iterator[TeamServer]:
         shutil.rmtree(data.parent, ignore_errors=True)
 
 
+def _as_admin(team: TeamServer, *args: str) -> str:
+    """`./dev.sh team-server <args>` against `team`, as its admin; its one line of output."""
+    result = subprocess.run(
+        _command(*args, "--uri", team.uri, "--data", str(team.data)),
+        cwd=ROOT,
+        env={**stage_env(), **NO_TELEMETRY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    return line
+
+
+def _new_user(team: TeamServer, name: str) -> dict[str, str]:
+    """A user made with the documented command: the credentials it prints."""
+    line = _as_admin(team, "user", name)
+    return dict(word.split("=", 1) for word in line.split() if word.startswith("MLFLOW_"))
+
+
 @pytest.mark.slow
 def test_stages_log_to_the_postgresql_team_server_under_the_project_prefix(
-    team: TeamServer, run_stage, circles_split: Path, project: Path
+    team: TeamServer, run_stage, circles_split: Path, project: Path, monkeypatch
 ) -> None:
-    env = {"MLFLOW_TRACKING_URI": team.uri, **NO_TELEMETRY}
+    server = {"MLFLOW_TRACKING_URI": team.uri, **NO_TELEMETRY}
+    alice, bob = _new_user(team, "alice"), _new_user(team, "bob")
+    assert _as_admin(team, "grant", "alice", "--experiment", "acme-circles") == (
+        "user alice may now EDIT experiment acme-circles"
+    )
     prefix = "tracking.experiment_prefix=acme-"
-    run_stage("train", "experiment=circles/baseline", "train.epochs=2", prefix, **env)
+    train = ("train", "experiment=circles/baseline", "train.epochs=2", prefix)
+
+    # Without a user, with a wrong password, and as a user who may only read: one line each,
+    # before any work.
+    refused = {
+        "no user": {},
+        "wrong password": {**alice, "MLFLOW_TRACKING_PASSWORD": "guess"},
+        "no permission": bob,
+    }
+    lines = {}
+    for case, credentials in refused.items():
+        result = run_stage(*train, check=False, **server, **credentials)
+        assert result.returncode == 1, (case, result.stderr[-2000:])
+        (lines[case],) = result.stderr.strip().splitlines()
+    assert lines["no user"] == (
+        f"error: MLflow tracking server {team.uri} asks for a user; set MLFLOW_TRACKING_USERNAME "
+        "and MLFLOW_TRACKING_PASSWORD (its admin makes one with ./dev.sh team-server user <name>)"
+    )
+    assert lines["wrong password"] == (
+        f"error: MLflow tracking server {team.uri} refused user 'alice': wrong password or no "
+        "such user; check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
+    assert lines["no permission"] == (
+        f"error: MLflow tracking server {team.uri} refused user 'bob' on experiment "
+        "'acme-circles': permission denied; ask its admin to grant it "
+        "(./dev.sh team-server grant bob ...)"
+    )
+    assert not (project / "models/circles/baseline").exists()
+
+    # The permitted user's runs land; this test reads as the admin.
+    env = {**server, **alice}
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_PASSWORD", (team.data / "admin-password").read_text().strip()
+    )
+    run_stage(*train, **env)
     run_stage("evaluate", "experiment=circles/baseline", prefix, **env)
     run_stage("report", "tasks=[circles]", prefix, **env)
     assert not (project / "mlflow.db").exists(), "the stages ignored MLFLOW_TRACKING_URI"
@@ -133,7 +193,7 @@ def test_stages_log_to_the_postgresql_team_server_under_the_project_prefix(
             "SELECT count(*) FROM metrics WHERE key = 'loss' AND run_uuid = %s",
             (run.info.run_id,),
         ).fetchone()
-    assert (runs, steps) == (1, 2)
+    assert (runs, steps) == (1, 2)  # the refused stages logged nothing
 
     # A search on two workers against the same server: every trial once, nested under it.
     run_stage("tune", *DISTRIBUTED, prefix, **env)
@@ -185,6 +245,16 @@ def test_the_team_server_stops_with_one_line_when_its_database_is_unreachable() 
     assert line.startswith(f"error: cannot reach the database {postgres.masked(store)}: ")
     assert "connection refused" in line.lower() and line.endswith("fix --backend-store-uri")
     assert "s3cret" not in line
+
+
+def test_the_team_server_has_users_on_any_address_but_loopback() -> None:
+    result = _refused("--host", "0.0.0.0", "--no-auth")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "./dev.sh team-server: error: --no-auth on --host 0.0.0.0 would let anyone who reaches "
+        "it read, change or delete every experiment and model; keep the users, or serve on "
+        "127.0.0.1"
+    )
 
 
 def test_a_bad_prefix_is_one_line_naming_it(run_stage) -> None:

@@ -7,11 +7,19 @@ import json
 import math
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import all_runs, copy_project, mlflow_client, stage_in
+from conftest import (
+    all_runs,
+    copy_project,
+    mlflow_client,
+    stage_in,
+    tensorboard_scalars,
+    tensorboard_serving,
+)
 from mlflow.entities import RunInfo
 
 
@@ -85,6 +93,30 @@ def test_train_and_evaluate_record_one_complete_mlflow_run(
         "test_recall_macro",
         "test_f1_macro",
     }
+
+
+def test_a_train_run_writes_tensorboard_logs_attached_to_it_that_tensorboard_serves(
+    evaluated: tuple[Path, RunInfo], tmp_path: Path
+) -> None:
+    project, trained = evaluated
+    board = project / "tensorboard/circles/baseline" / trained.run_id
+    train = tensorboard_scalars(board / "train")
+    validation = tensorboard_scalars(board / "validation")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train)
+    assert {"epoch_loss", "epoch_accuracy"} <= set(validation)
+    for values in [*train.values(), *validation.values()]:
+        assert len(values) == 3  # one per epoch
+    assert train["epoch_learning_rate"] == pytest.approx([0.01] * 3)
+    attached = mlflow_client(project).list_artifacts(trained.run_id, "tensorboard")
+    assert {a.path for a in attached} == {"tensorboard/train", "tensorboard/validation"}
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    with (
+        tensorboard_serving(project / "tensorboard", tmp_path / "tensorboard.log") as url,
+        opener.open(url + "/data/plugin/scalars/tags", timeout=30) as answer,
+    ):
+        runs = json.load(answer)
+    assert "epoch_loss" in runs[f"circles/baseline/{trained.run_id}/train"]
 
 
 def test_same_seed_gives_the_same_model(run_stage, circles_split: Path, project: Path) -> None:

@@ -14,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import all_runs, copy_project, mlflow_client, stage_env, stage_in
+from conftest import (
+    all_runs,
+    copy_project,
+    mlflow_client,
+    stage_env,
+    stage_in,
+    tensorboard_scalars,
+)
 
 TINY_SEARCH = (
     "experiment=circles/tuned",
@@ -107,8 +114,29 @@ def finished_search(tmp_path_factory: pytest.TempPathFactory, circles_data: Path
     run it again expecting it to stay the one finished search."""
     project = copy_project(tmp_path_factory.mktemp("finished-search") / "project")
     shutil.copytree(circles_data, project / "data")
-    stage_in(project, "tune", *TINY_SEARCH)
+    stage_in(project, "tune", *TINY_SEARCH, "tracking.trial_tensorboard=true")
     return project
+
+
+def test_each_trial_writes_tensorboard_logs_with_its_hyperparameters(finished_search: Path) -> None:
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    parent, trials = runs_by_stage(finished_search)
+    client = mlflow_client(finished_search)
+    board = finished_search / "tensorboard/circles/search" / parent.info.run_id
+    for trial in trials:
+        folder = board / trial.data.tags["trial_id"] / "execution0"
+        assert len(tensorboard_scalars(folder / "validation")["epoch_accuracy"]) == 2
+        # Keras Tuner's HParams: the trial's values, which TensorBoard's HParams view lists.
+        events = ea.EventAccumulator(str(folder))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        lr = float(trial.data.params["model.optimizer.lr"])
+        assert hparams["model.optimizer.lr"].number_value == pytest.approx(lr)
+        attached = {a.path for a in client.list_artifacts(trial.info.run_id, "tensorboard")}
+        assert attached == {"tensorboard/execution0"}
 
 
 def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_best(

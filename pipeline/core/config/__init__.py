@@ -117,6 +117,7 @@ class ReportConfig:
 
 
 TASKS_FILE = Path("conf") / "tasks.yaml"
+DVC_FILE = Path("dvc.yaml")
 
 
 def pipeline_tasks() -> list[str]:
@@ -190,6 +191,7 @@ __all__ = [
     "SplitConfig",
     "TableSource",
     "TASKS_FILE",
+    "DVC_FILE",
     "TrackingConfig",
     "TrainConfig",
     "TunerConfig",

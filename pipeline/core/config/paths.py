@@ -41,6 +41,12 @@ class Layout:
     def reports(self) -> Path:
         return self.path("reports")
 
+    @property
+    def champions(self) -> Path:
+        """A copy of each task's champion model folder, champions/<task>/: what dvc.yaml's
+        `artifacts:` name, so that DVC's model registry tools list them."""
+        return self.path("champions")
+
     def report_dir(self, task: str, variant: str) -> Path:
         """A model's test figures and metrics; variant "search" holds a search's trials. Apart
         from the report's own files, so that `report` can read them all as one folder."""

@@ -21,6 +21,12 @@ class TrackingConfig:
     system_metrics: bool = True
     trial_system_metrics: bool = False
     system_metrics_interval: float = 2.0
+    # TensorBoard logs (per-epoch losses, metrics, learning rate) of train runs, and of search
+    # trials with their hyperparameters in the HParams view (TensorFlow backend), each attached
+    # to its MLflow run; under `tensorboard_dir` (None: tensorboard/ at the repository root).
+    tensorboard: bool = True
+    trial_tensorboard: bool = False
+    tensorboard_dir: str | None = None
 
     def sampling(self, of_trials: bool = False) -> float | None:
         """How often runs (trial runs with `of_trials`) sample system metrics; None: not."""
