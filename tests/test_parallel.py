@@ -145,8 +145,9 @@ def test_a_killed_joblib_sweep_ends_each_jobs_run_killed(
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # A hang guard, not a timing: `dvc queue start` alone took over 120 s at a load of 10.
     result = subprocess.run(
-        ["dvc", *args], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=120
+        ["dvc", *args], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=300
     )
     if check and result.returncode != 0:
         pytest.fail(f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr}")

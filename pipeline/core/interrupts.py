@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
-COOPERATION_GRACE_S = 10.0  # how long a fit may take to reach a batch's end before it is cut
+# How long a fit may take to reach a batch's end before it is cut: batches end in milliseconds,
+# but a fit's first batch traces its step (seconds under load), and each second spent here is
+# one less of the STOP_GRACE_S a sweep's worker has to end its runs before it is killed.
+COOPERATION_GRACE_S = 3.0
 
 _acting_on: list[int] = []  # the signal being acted on, once one came
 _held: list[int] = []  # a signal that came inside a block, to act on at a safe moment
