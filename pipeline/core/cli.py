@@ -63,7 +63,10 @@ def stage(
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
             work_started = time.time()
-            interrupts.install()
+            # A joblib worker acts on a signal at once, even in a fit: as soon as one worker
+            # exits, loky kills the others, so one waiting for its batch's end would be killed
+            # with its run RUNNING (test_a_killed_joblib_sweep_ends_each_jobs_run_killed).
+            interrupts.install(cooperate=not _in_launcher_worker())
             # A launcher's worker (joblib's) would train on, and then wait for more jobs,
             # after its sweep was killed outright.
             if _in_launcher_worker() and not interrupts.die_with(int(os.environ[STAGE_PID])):

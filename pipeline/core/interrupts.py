@@ -34,11 +34,14 @@ _acting_on: list[int] = []  # the signal being acted on, once one came
 _held: list[int] = []  # a signal that came inside a block, to act on at a safe moment
 _depth = 0  # how many deferred() blocks are open
 _cooperating = 0  # how many cooperative() blocks are open
+_cooperates = [True]  # whether cooperative() blocks hold signals in this process
 
 
-def install() -> None:
+def install(cooperate: bool = True) -> None:
     """Unwind this process as KeyboardInterrupt on SIGTERM, and on SIGINT unless it is ignored
-    (a background job of a non-interactive shell: then it stays ignored)."""
+    (a background job of a non-interactive shell: then it stays ignored). With `cooperate`
+    false, a fit is interrupted at once, as anything else."""
+    _cooperates[:] = [cooperate]
     signal.signal(signal.SIGTERM, _on_signal)
     sys.unraisablehook = _unraisable
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -46,9 +49,9 @@ def install() -> None:
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    if _depth or _cooperating:
+    if _depth or (_cooperating and _cooperates[0]):
         _held[:] = [signum]
-        if _cooperating and not _depth:  # a fit stuck in one batch is cut short all the same
+        if not _depth:  # a fit stuck in one batch is cut short all the same
             signal.signal(signal.SIGALRM, lambda *_: safe_point())
             signal.setitimer(signal.ITIMER_REAL, COOPERATION_GRACE_S)
         return
