@@ -17,6 +17,11 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class TableModel(PythonModel):
+    # MLflow would read predict's type hints as the input schema and warn, on the stderr of
+    # every stage that imports this, that `Any` is none it supports: the signature is given
+    # when the model is logged (logged_model.py). MLflow's own switch for that, as ChatModel's.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: PythonModelContext) -> None:
         import keras
         import table_rows  # logged beside this file
