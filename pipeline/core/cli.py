@@ -66,17 +66,18 @@ def stage(
             # A joblib worker acts on a signal at once, even in a fit: as soon as one worker
             # exits, loky kills the others, so one waiting for its batch's end would be killed
             # with its run RUNNING (test_a_killed_joblib_sweep_ends_each_jobs_run_killed).
-            interrupts.install(cooperate=not _in_launcher_worker())
+            in_worker = _in_launcher_worker()
+            interrupts.install(cooperate=not in_worker)
             # A launcher's worker (joblib's) would train on, and then wait for more jobs,
             # after its sweep was killed outright.
-            if _in_launcher_worker() and not interrupts.die_with(int(os.environ[STAGE_PID])):
+            if in_worker and not interrupts.die_with(int(os.environ[STAGE_PID])):
                 os._exit(128 + signal.SIGTERM)
             try:
                 if "backend" in cfg:
                     backend.use(cfg.backend, cfg.deterministic, cfg.threads)
                 run(cfg)
             except KeyboardInterrupt:
-                if _in_launcher_worker():
+                if in_worker:
                     # Its runs have ended KILLED. Left alive, the worker would go on to the
                     # next job, and the sweep's process would wait for it in vain.
                     sys.stderr.flush()

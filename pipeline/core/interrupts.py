@@ -9,7 +9,8 @@ RuntimeError, the run FAILED). So a signal is acted on at moments known to be sa
 
 - `deferred()` blocks (a run's start and end): at the block's end;
 - `cooperative()` blocks (a model's fit): at the next batch's end (`keras_callback`), or after
-  COOPERATION_GRACE_S if no batch ends by then;
+  COOPERATION_GRACE_S if no batch ends by then; at once in a process installed with
+  `cooperate=False` (a joblib worker: `pipeline/core/cli.py` says why);
 - anywhere else (start-up, between steps): at once.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
 # How long a fit may take to reach a batch's end before it is cut: batches end in milliseconds,
 # but a fit's first batch traces its step (seconds under load), and each second spent here is
-# one less of the STOP_GRACE_S a sweep's worker has to end its runs before it is killed.
+# one less of the STOP_GRACE_S a stopped process has to end its runs before it is killed.
 COOPERATION_GRACE_S = 3.0
 
 _acting_on: list[int] = []  # the signal being acted on, once one came
