@@ -221,16 +221,12 @@ def main(argv: list[str] | None = None) -> None:
         taken = [str(path) for path in paths if path.exists()]
         if taken:
             raise ConfigError(f"{taken[0]} exists already; remove it, or pick another name")
-        # conf/tasks.yaml last, whole or not at all: until then, a failure leaves no new file.
-        with all_or_none(*paths):
+        # Whole or not at all: a failure leaves no new file and the two edited ones as they were.
+        with all_or_none(*paths, restore=(DVC_FILE, TASKS_FILE)):
             for path, text in zip(paths, made["files"].values(), strict=True):
                 write_text(path, text)
             write_text(DVC_FILE, with_entries(dvc_yaml, {"artifacts": champion}))
-            try:
-                write_text(TASKS_FILE, tasks)
-            except BaseException:
-                write_text(DVC_FILE, dvc_yaml)
-                raise
+            write_text(TASKS_FILE, tasks)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -4,15 +4,21 @@ conf/tasks.yaml entries written whole or not at all. The end-to-end repro
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import stage_env
+from test_download import Server
 from tiny_data import write_image_folder, write_table
 
+from pipeline import new_task as new_task_module
+from pipeline.core.config import TASKS_FILE
 from pipeline.core.task_list import with_entries
 
 
@@ -61,6 +67,57 @@ def test_a_folder_becomes_a_task_and_its_name_is_then_taken(project: Path) -> No
     assert again.stderr.startswith("error: name=photos is taken (conf/tasks.yaml sources")
     assert len(again.stderr.strip().splitlines()) == 1
     assert conf_files(project) == before
+
+
+@pytest.mark.parametrize("given", ["parquet", "url"])
+def test_a_parquet_file_or_a_table_by_url_becomes_a_task(project: Path, given: str) -> None:
+    """A Parquet file by its path; a CSV by its URL and checksum, from a loopback HTTP server."""
+    write_table(project / "own/iris.csv", rows=60)
+    server = Server()
+    if given == "parquet":
+        pd.read_csv(project / "own/iris.csv").to_parquet(project / "own/iris.parquet")
+        where = ("path=own/iris.parquet",)
+    else:
+        table = (project / "own/iris.csv").read_bytes()
+        server.files["/iris.csv"] = table
+        server.start()
+        where = (f"url={server.url}/iris.csv", f"sha256={hashlib.sha256(table).hexdigest()}")
+    try:
+        added = new_task(project, "name=mine", "kind=table", *where, "label=species")
+    finally:
+        server.stop()
+
+    assert added.returncode == 0, added.stderr
+    source = yaml.safe_load((project / "conf/source/mine.yaml").read_text())
+    assert source["kind"] == "table" and source["label"] == "species"
+    assert source["features"]["pot"] == "category"
+    assert source["features"]["petal_length"] == "number"
+    if given == "url":
+        assert source["url"] == f"{server.url}/iris.csv" and server.requests == ["/iris.csv"]
+    assert "mine" in yaml.safe_load((project / "conf/tasks.yaml").read_text())["tasks"]
+
+
+def test_a_failure_at_the_last_write_leaves_every_file_as_it_was(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conf/tasks.yaml is written last, after dvc.yaml's new artifact: a full disk then puts
+    dvc.yaml back and removes the new conf files."""
+    write_image_folder(project / "own/photos", per_class=12)
+    monkeypatch.chdir(project)
+    before = conf_files(project), (project / "dvc.yaml").read_bytes()
+    write_text = new_task_module.write_text
+
+    def full_disk_at_the_task_list(path: Path, text: str) -> None:
+        if Path(path) == TASKS_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_text(path, text)
+
+    monkeypatch.setattr(new_task_module, "write_text", full_disk_at_the_task_list)
+    with pytest.raises(OSError, match="No space left"):
+        new_task_module.main(["name=photos", "kind=image_folder", "path=own/photos"])
+
+    assert (conf_files(project), (project / "dvc.yaml").read_bytes()) == before
+    assert not (project / "conf/experiment/photos").exists()
 
 
 @pytest.mark.parametrize(

@@ -177,12 +177,24 @@ def sha256_of(path: str | Path) -> str:
 
 
 @contextmanager
-def all_or_none(*paths: str | Path) -> Iterator[None]:
+def all_or_none(*paths: str | Path, restore: tuple[str | Path, ...] = ()) -> Iterator[None]:
     """Outputs written together (each with `atomic_output`): if the block fails, all of
-    `paths` are removed, so that none is left beside another's older or newer version."""
+    `paths` are removed (with the folders made for them), so that none is left beside
+    another's older or newer version, and the files `restore` (edited in the block, not made by
+    it) get back what they held."""
+    held = {Path(path): Path(path).read_bytes() for path in restore}
+    made = sorted(
+        {folder for path in paths for folder in _missing_parents(Path(path))}, reverse=True
+    )
     try:
         yield
     except BaseException:
         for path in paths:
             _remove(Path(path))
+        for folder in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        for path, content in held.items():
+            with atomic_output(path) as tmp:
+                tmp.write_bytes(content)
         raise
