@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -411,6 +412,10 @@ def test_a_process_unwinding_for_a_signal_still_counts_as_one_to_wait_for() -> N
 import os, signal
 from pipeline.core import interrupts
 
+# Ctrl-C as in a terminal, whatever the test's worker left: SIGINT ignored, or held in a mask
+# (this test once printed nothing in a full run, as if the SIGINT had never come).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 interrupts.install()
 try:
     os.kill(os.getpid(), signal.SIGINT)
@@ -422,5 +427,34 @@ except KeyboardInterrupt:
         [sys.executable, "-c", code], cwd=ROOT, env=stage_env(), capture_output=True, text=True
     )
     assert result.stdout.strip() == "unwinding; looks like it ignores SIGTERM: False", (
-        result.stdout + result.stderr
+        f"exit {result.returncode}: {result.stdout}{result.stderr}"
     )
+
+
+def test_a_process_the_stage_started_dies_with_it_from_its_first_import_of_the_pipeline() -> None:
+    """A sweep's joblib worker still importing its job when the sweep was killed outright lived
+    on (benchmarks/stress_interrupts.py, sweep-joblib SIGKILL): the kernel now ends it, as soon
+    as it has imported `pipeline`, whatever it does next."""
+    stage = """
+import os, subprocess, sys
+os.environ["PIPELINE_STAGE_PID"] = str(os.getpid())
+job = "import pipeline, time; print(flush=True); time.sleep(600)"
+child = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE)
+child.stdout.readline()  # it has imported the pipeline
+print(child.pid, flush=True)
+child.wait()
+"""
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", stage], cwd=ROOT, env=stage_env(), stdout=subprocess.PIPE, text=True
+    )
+    child = psutil.Process(int(parent.stdout.readline()))
+    parent.kill()
+    parent.wait()
+    try:
+        # A guard against a hang, not a time limit: the child sleeps for ten minutes otherwise.
+        child.wait(timeout=60)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()

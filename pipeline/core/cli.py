@@ -19,13 +19,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core import backend, config, interrupts, timings
 from pipeline.core.errors import PipelineError
+from pipeline.core.interrupts import STAGE_PID
 
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
 # force, also in a test's temporary repository.
 CONF_DIR = str(Path.cwd() / "conf")
-
-
-STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as
 
 
 def _in_launcher_worker() -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as, in its environment
 STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
 # How long a fit may take to reach a batch's end before it is cut: batches end in milliseconds,
 # but a fit's first batch traces its step (seconds under load), and each second spent here is
@@ -146,6 +147,12 @@ def _unraisable(hook: Any) -> None:
     if isinstance(hook.exc_value, KeyboardInterrupt) and _acting_on:
         signal.signal(signal.SIGALRM, functools.partial(_raise, _acting_on[0]))
         signal.setitimer(signal.ITIMER_REAL, 0.01)
+
+
+def die_with_the_stage() -> None:
+    """In a process the stage started (a launcher's worker), `die_with` the stage."""
+    if os.environ.get(STAGE_PID) == str(os.getppid()):
+        die_with(os.getppid())
 
 
 def die_with(parent: int) -> bool:
