@@ -28,6 +28,7 @@ ADMIN = "admin"
 
 
 ADMIN_PASSWORD_FILE = "admin-password"
+AUTH_CACHE_TTL_S = 60  # how long the server trusts a credential it has checked
 
 
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
@@ -61,6 +62,11 @@ def server_env(data: Path, database_uri: str) -> dict[str, str]:
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {ADMIN}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow's own cache of good credentials: without it every request (a stage makes
+        # hundreds) checks the password's hash, tens of milliseconds of the server's CPU by
+        # design, and a stage against the server took several times as long. A deleted user
+        # or changed password may go on working for up to this long on other workers.
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
     )
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
