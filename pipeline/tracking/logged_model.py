@@ -19,11 +19,19 @@ from pipeline.tracking import served_table
 def requirements(*imports: str) -> list[str]:
     """Pinned pip requirements of the distributions installed for these import names: Keras'
     backend module `tensorflow` comes from `tensorflow` or `tensorflow-cpu`, whichever is
-    installed. Pinned here because letting MLflow infer them costs seconds of subprocess."""
-    from importlib.metadata import packages_distributions, version
+    installed. Pinned here because letting MLflow infer them costs seconds of subprocess.
+    A name that is its distribution's is pinned at once: the map of every installed file to
+    its distribution (`packages_distributions`) takes a second to build."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-    provided = packages_distributions()
-    return [f"{dist}=={version(dist)}" for name in imports for dist in provided.get(name, [name])]
+    pins = []
+    for name in imports:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            provided = packages_distributions()
+            pins += [f"{dist}=={version(dist)}" for dist in provided.get(name, [name])]
+    return pins
 
 
 def log_model(net: Any, data: Split, build: str | None = None) -> None:
