@@ -237,13 +237,21 @@ def test_a_stage_fails_at_once_with_one_line_when_the_tracking_server_is_down(
     ]
 
 
-def test_the_team_server_stops_with_one_line_when_its_database_is_unreachable() -> None:
-    store = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
-    result = _refused("--backend-store-uri", store)
+@pytest.mark.parametrize("option", ["--backend-store-uri", "--auth-database-uri"])
+def test_the_team_server_stops_with_one_line_when_a_database_is_unreachable(
+    option: str, tmp_path: Path
+) -> None:
+    """The runs' database, or the users' (the runs then in a SQLite file): the line names the
+    option to fix."""
+    unreachable = f"postgresql+psycopg://mlflow:s3cret@127.0.0.1:{free_port()}/mlflow"
+    given = [option, unreachable]
+    if option == "--auth-database-uri":
+        given += ["--backend-store-uri", f"sqlite:///{tmp_path / 'runs.db'}"]
+    result = _refused(*given)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot reach the database {postgres.masked(store)}: ")
-    assert "connection refused" in line.lower() and line.endswith("fix --backend-store-uri")
+    assert line.startswith(f"error: cannot reach the database {postgres.masked(unreachable)}: ")
+    assert "connection refused" in line.lower() and line.endswith(f"fix {option}")
     assert "s3cret" not in line
 
 

@@ -217,8 +217,9 @@ def _create_databases(server: Postgres, names: tuple[str, ...]) -> None:
                 db.execute(f'CREATE DATABASE "{name}"')
 
 
-def check_database(uri: str) -> None:
-    """Connect once to the database of SQLAlchemy URI `uri`; one line if that fails."""
+def check_database(uri: str, option: str = "--backend-store-uri") -> None:
+    """Connect once to the database of SQLAlchemy URI `uri`; one line naming the `option`
+    that gave it if that fails."""
     import psycopg
 
     parts = urllib.parse.urlsplit(uri)
@@ -233,8 +234,7 @@ def check_database(uri: str) -> None:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         reason = first.rsplit("failed: ", 1)[-1].removeprefix("FATAL:").strip()
         raise TeamServerError(
-            f"cannot reach the database {masked(uri)}: {reason}; start it, or fix "
-            "--backend-store-uri"
+            f"cannot reach the database {masked(uri)}: {reason}; start it, or fix {option}"
         ) from None
 
 

@@ -170,7 +170,7 @@ def serve(options: argparse.Namespace, extra: Sequence[str]) -> int:
                 check_database(external)
                 store = external
                 users = options.auth_database_uri or f"sqlite:///{data / 'auth.db'}"
-                check_database(users)
+                check_database(users, "--auth-database-uri")
             else:
                 if os.geteuid() == 0:
                     data.chmod(data.stat().st_mode | stat.S_IXOTH)
