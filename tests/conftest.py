@@ -120,9 +120,16 @@ def all_runs(client: MlflowClient) -> list:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first: split over workers (pytest-xdist), the long end-to-end run then starts
-    at once instead of being the last one left."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first, the end-to-end repro (`slow(first=True)`) before the other slow
+    ones: handed out one at a time (pyproject.toml's `--dist load --maxschedchunk 1`), they
+    spread over the workers and the short ones fill in after, instead of one worker starting
+    the repro after other slow tests and finishing minutes after the rest."""
+
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        slow = item.get_closest_marker("slow")
+        return slow is None, not (slow is not None and slow.kwargs.get("first", False))
+
+    items.sort(key=order)
 
 
 def wait_until_answering(

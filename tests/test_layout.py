@@ -21,7 +21,9 @@ def layer(module: str) -> int:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])
-    return len(LAYERS) if len(parts) == 2 else -1  # the package's own __init__: below all
+    # The package's own __init__, which every process of the pipeline runs first: as low as the
+    # core, whose interrupts it arranges there (a stage's worker dies with the stage).
+    return len(LAYERS) if len(parts) == 2 else 0
 
 
 def name_of(path: Path) -> str:

@@ -256,7 +256,7 @@ def exp_show_columns(repo: Path) -> list[str]:
     return [cell.strip() for cell in header.strip("|").split("|")]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(first=True)
 def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     tiny_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
