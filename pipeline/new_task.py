@@ -203,8 +203,12 @@ def _source_yaml(section: dict[str, Any], summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(f"{USAGE}\n\n{__doc__}")
+        return
     try:
-        options = parse(sys.argv[1:] if argv is None else argv)
+        options = parse(argv)
         conf = TASKS_FILE.parent
         refuse_taken(options["name"], conf)
         section, summary = checked(source_section(options))

@@ -161,3 +161,11 @@ def test_entries_go_at_the_end_of_their_sections_and_empty_ones_are_opened() -> 
         "# head\nsources:\n  a: {data: x}\n  b: {data: y}\n\n# tasks\ntasks:\n  b: {source: b}\n"
         "\nnew:\n  c: 1\n"
     )
+
+
+def test_help_prints_the_usage_and_what_it_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    new_task_module.main(["--help"])
+
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m pipeline.new_task name=<task> kind=")
+    assert "conf/tasks.yaml" in shown
