@@ -153,6 +153,13 @@ def test_a_search_logs_one_run_per_trial_under_its_parent_and_train_uses_the_bes
     assert {"trials.csv", "best_hparams.yaml", "search_space.yaml", "figures"} <= artifacts
 
     assert [r.info.run_name for r in trials] == [f"circles/trial-{i}" for i in range(3)]
+    # What the scores depend on, on the search's run and each trial's, as on a train run's
+    # (tests/test_train.py checks their values).
+    machine = ("cpu", "cpu.isa", "cpu.cores", "threads", "deterministic", "keras.backend")
+    versions = ("keras.version", "keras.backend.version", "keras_tuner.version", "mlflow.version")
+    for run in (parent, *trials):
+        assert {*machine, *versions} <= set(run.data.tags), run.info.run_name
+        assert run.data.tags["deterministic"] == "true"
     for trial in trials:
         assert trial.info.status == "FINISHED"
         assert {"model.hidden_units", "model.optimizer.lr", "train.batch_size"} <= set(
