@@ -24,11 +24,9 @@ from pipeline.core import selection
 TASK_RUNS = {
     "mnist/baseline",
     "mnist/tuned",
-    "circles/baseline",
     "circles/tuned",
     "sign_digits/baseline",
     "sign_digits/tuned",
-    "sign_digits_01/baseline",
     "sign_digits_01/sklearn",
     "sign_digits_01/tuned",
 }
@@ -230,6 +228,12 @@ def tiny_repo(project: Path, tmp_path: Path) -> tuple[Path, Path]:
         edit(search, r"max_epochs: \d+", "max_epochs: 2")
     for search in ("circles", "iris"):
         edit(project / f"conf/search/{search}.yaml", r"max_trials: \d+", "max_trials: 2")
+    # Each stage process costs seconds of imports, not of training: two baselines fewer, and
+    # circles' search on one process (tests/test_distributed.py has the workers; test_train.py,
+    # test_serving.py circles' baseline).
+    for baseline in ("circles-baseline", "sign_digits_01-baseline"):
+        edit(project / "conf/tasks.yaml", rf"\n  {baseline}: .*", "")
+    edit(project / "conf/search/circles.yaml", r"workers: 2", "workers: 1")
     shutil.copy(ROOT / ".gitignore", project)  # as in a clone: the local stores stay out of git
     shell(project, "git", "init", "-q")
     shell(project, "dvc", "init", "-q")
@@ -412,9 +416,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     assert changed_stages(repo) == {
         "split@circles",
         "tune@circles",
-        "train@circles-baseline",
         "train_tuned@circles",
-        "evaluate@circles-baseline",
         "evaluate_tuned@circles",
         "crossval@circles",
     }
@@ -470,10 +472,10 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     # table's shape is under test here, not the experiments' runs (`dvc exp run`, queued, on
     # this pipeline: tests/test_parallel.py), so each is saved as edited, unrun.
     for epochs in (1, 3):
-        edit(repo / "conf/experiment/circles/baseline.yaml", r"epochs: \d+", f"epochs: {epochs}")
+        edit(repo / "conf/experiment/mnist/baseline.yaml", r"epochs: \d+", f"epochs: {epochs}")
         shell(repo, "dvc", "exp", "save", "-n", f"epochs-{epochs}")
     first, *headline = exp_show_columns(repo)
     assert sorted(headline) == sorted(
-        ["conf/experiment/circles/baseline.yaml:train.epochs"]
+        ["conf/experiment/mnist/baseline.yaml:train.epochs"]
         + [f"champion.{t}" for t in TASKS + OWN_TASKS]
     )
