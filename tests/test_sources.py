@@ -8,6 +8,7 @@ other.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 import zipfile
@@ -19,8 +20,9 @@ import pytest
 from conftest import stage_in
 from tiny_data import write_image_folder, write_table
 
-from pipeline.core.config import source_of
+from pipeline.core.config import Color, source_of
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.data.images import decode
 from pipeline.data.sources import fetch
 
 
@@ -77,6 +79,24 @@ def test_colour_and_class_order_are_the_configs(tmp_path: Path) -> None:
     assert arrays["x"].shape == (9, 8, 8, 3)
     assert arrays["class_names"].tolist() == ["fox", "cat", "dog"]
     assert arrays["y"][arrays["names"].tolist().index("fox/fox_all_000.jpg")] == 0
+
+
+def test_a_photo_four_times_the_size_decodes_scaled_and_a_smaller_one_in_full() -> None:
+    """A camera's JPEG decodes at a reduced scale (libjpeg's, at least twice the size asked):
+    within a grey level of a full decode's LANCZOS, not the same pixels; one under four times
+    the size asked decodes in full, pixel for pixel as before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))
+    photo = coarse.resize((1200, 900), Image.Resampling.BICUBIC)
+    for shape, scaled in (((1200, 900), True), ((255, 261), False)):
+        file = io.BytesIO()
+        photo.resize(shape).save(file, "JPEG", quality=90)
+        with Image.open(file) as full:
+            expected = np.asarray(full.convert("L").resize((64, 64), Image.Resampling.LANCZOS))
+        difference = np.abs(decode(file.getvalue(), 64, Color.grayscale) - expected.astype(int))
+        assert difference.max() == (1 if scaled else 0), shape
 
 
 def test_train_val_test_folders_are_kept_as_the_split(tmp_path: Path) -> None:
