@@ -66,9 +66,10 @@ def stage(
             # with its run RUNNING (test_a_killed_joblib_sweep_ends_each_jobs_run_killed).
             in_worker = _in_launcher_worker()
             interrupts.install(cooperate=not in_worker)
-            # A launcher's worker (joblib's) would train on, and then wait for more jobs,
-            # after its sweep was killed outright.
-            if in_worker and not interrupts.die_with(int(os.environ[STAGE_PID])):
+            # A launcher's worker (joblib's) dies with its sweep from its first import of the
+            # pipeline on (pipeline/__init__.py); one whose sweep was killed outright before
+            # that would train on, and then wait for more jobs.
+            if in_worker and os.getppid() != int(os.environ[STAGE_PID]):
                 os._exit(128 + signal.SIGTERM)
             try:
                 if "backend" in cfg:
