@@ -15,22 +15,28 @@ from pipeline.data import table_rows
 from pipeline.data.splits import Split
 from pipeline.tracking import served_table
 
+# Import names whose distribution has another name: each is looked up at once, without the map
+# of every installed file to its distribution (`packages_distributions`: a second to build).
+DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "sklearn": ("scikit-learn",)}
+
 
 def requirements(*imports: str) -> list[str]:
     """Pinned pip requirements of the distributions installed for these import names: Keras'
     backend module `tensorflow` comes from `tensorflow` or `tensorflow-cpu`, whichever is
-    installed. Pinned here because letting MLflow infer them costs seconds of subprocess.
-    A name that is its distribution's is pinned at once: the map of every installed file to
-    its distribution (`packages_distributions`) takes a second to build."""
+    installed. Pinned here because letting MLflow infer them costs seconds of subprocess."""
     from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
     pins = []
     for name in imports:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            provided = packages_distributions()
-            pins += [f"{dist}=={version(dist)}" for dist in provided.get(name, [name])]
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                pins.append(f"{dist}=={version(dist)}")
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            provided = packages_distributions().get(name, [name])
+            pins += [f"{dist}=={version(dist)}" for dist in provided]
     return pins
 
 
