@@ -138,9 +138,9 @@ def read_rows(paths: list[Path], schema: Any) -> Inputs:
     return Inputs(names, pd.concat(frames, ignore_index=True))
 
 
-def read_for(model: Any, files: list[Path]) -> Inputs:
-    """The files as the inputs `model` takes, by its signature."""
-    schema = model.metadata.get_input_schema()
+def read_for(signature: Any, files: list[Path]) -> Inputs:
+    """The files as the inputs a model of this signature takes."""
+    schema = signature.inputs if signature else None
     if schema is None:
         raise DataError("the model has no signature; log it again with `train`")
     if not schema.is_tensor_spec():
@@ -179,19 +179,22 @@ def main(argv: list[str] | None = None) -> None:
             f"models:/{tracking.experiment_name(options['task'], prefix)}@champion"
         )
         try:
-            build = (mlflow.models.get_model_info(uri).metadata or {}).get("build")
-            if build:  # a custom model's module, which may define its layers
+            info = mlflow.models.get_model_info(uri)
+            # Read by the model's signature before the model: a file it cannot take is one
+            # line in a second, not after Keras' import.
+            inputs = read_for(info.signature, files)
+            metadata = info.metadata or {}
+            if metadata.get("build"):  # a custom model's module, which may define its layers
                 from pipeline.models.custom import build_function
 
-                build_function(build)
+                build_function(metadata["build"])
             model = mlflow.pyfunc.load_model(uri)
         except mlflow.exceptions.MlflowException as error:
             raise PipelineError(
                 f"{uri}: {str(error).splitlines()[0]}; run `dvc repro` (the report registers "
                 "each task's champion) or give model=<model URI>"
             ) from None
-        inputs = read_for(model, files)
-        if "sklearn" not in model.metadata.flavors:  # Keras, or a table's Keras inside
+        if "sklearn" not in info.flavors:  # Keras, or a table's Keras inside
             import keras
 
             keras.utils.disable_interactive_logging()  # progress bars would mix with answers
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             probs = probabilities(model.predict(inputs.x))
         except (ValueError, mlflow.exceptions.MlflowException) as error:  # a row it cannot take
             raise DataError(f"{', '.join(map(str, files))}: {str(error).splitlines()[0]}") from None
-        names = model.metadata.metadata.get("class_names") if model.metadata.metadata else None
+        names = metadata.get("class_names")
         names = names or [str(i) for i in range(probs.shape[1])]
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
