@@ -458,3 +458,49 @@ child.wait()
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+def test_a_sweeps_worker_told_to_stop_exits_after_its_siblings_have_ended_their_runs(
+    tmp_path: Path,
+) -> None:
+    """loky kills a pool's workers as soon as one exits: an idle worker that exited at once on
+    the sweep's SIGTERM had its sibling killed while that one still ended its run KILLED, the
+    run left RUNNING (benchmarks/stress_interrupts.py, sweep-joblib SIGTERM). A stopped worker
+    now exits only once no sibling is in a job (`interrupts.job_in_sweep`)."""
+    ended = tmp_path / "ended"
+    busy = f"""
+import time
+from pipeline.core import interrupts
+with interrupts.job_in_sweep():
+    print(flush=True)
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        time.sleep(2)  # ending its runs: longer than a loaded machine takes to start the idle one
+        open({str(ended)!r}, "w").close()
+        interrupts.exit_with_the_sweep(143)
+"""
+    idle = "import time, pipeline; print(flush=True); time.sleep(600)"
+    stage = f"""
+import os, subprocess, sys, time
+os.environ["PIPELINE_STAGE_PID"] = str(os.getpid())
+workers = [subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE)
+           for job in ({busy!r}, {idle!r})]
+for worker in workers:
+    worker.stdout.readline()  # in its job, or idle
+for worker in workers:
+    worker.terminate()
+idle = workers[1]
+idle.wait()
+print(idle.returncode, os.path.exists({str(ended)!r}), flush=True)
+workers[0].wait()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", stage],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,  # a guard against a hang, not a time limit
+    )
+    assert result.stdout.split() == ["143", "True"], result.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -24,11 +25,6 @@ from pipeline.core.interrupts import STAGE_PID
 # Stages run from the repository root (DVC starts them there), so its conf/ is the one in
 # force, also in a test's temporary repository.
 CONF_DIR = str(Path.cwd() / "conf")
-
-
-def _in_launcher_worker() -> bool:
-    """Whether this job runs in a launcher's worker process, not in the stage's own."""
-    return os.environ.get(STAGE_PID, str(os.getpid())) != str(os.getpid())
 
 
 class JobFailed(Exception):
@@ -64,7 +60,7 @@ def stage(
             # A joblib worker acts on a signal at once, even in a fit: as soon as one worker
             # exits, loky kills the others, so one waiting for its batch's end would be killed
             # with its run RUNNING (test_a_killed_joblib_sweep_ends_each_jobs_run_killed).
-            in_worker = _in_launcher_worker()
+            in_worker = interrupts.in_launcher_worker()
             interrupts.install(cooperate=not in_worker)
             # A launcher's worker (joblib's) dies with its sweep from its first import of the
             # pipeline on (pipeline/__init__.py); one whose sweep was killed outright before
@@ -72,15 +68,16 @@ def stage(
             if in_worker and os.getppid() != int(os.environ[STAGE_PID]):
                 os._exit(128 + signal.SIGTERM)
             try:
-                if "backend" in cfg:
-                    backend.use(cfg.backend, cfg.deterministic, cfg.threads)
-                run(cfg)
+                with interrupts.job_in_sweep() if in_worker else contextlib.nullcontext():
+                    if "backend" in cfg:
+                        backend.use(cfg.backend, cfg.deterministic, cfg.threads)
+                    run(cfg)
             except KeyboardInterrupt:
                 if in_worker:
                     # Its runs have ended KILLED. Left alive, the worker would go on to the
                     # next job, and the sweep's process would wait for it in vain.
-                    sys.stderr.flush()
-                    os._exit(128 + signal.SIGTERM)
+                    signum = interrupts.interrupted_by() or signal.SIGTERM
+                    interrupts.exit_with_the_sweep(128 + signum)
                 raise
             except PipelineError as error:
                 print(f"error: {error}", file=sys.stderr)
@@ -123,6 +120,8 @@ def stage(
                 signum = interrupts.interrupted_by() or signal.SIGINT
                 print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
                 sys.exit(128 + signum)
+            finally:
+                interrupts.sweep_lock().unlink(missing_ok=True)  # made by a sweep's workers
             if failures:
                 sys.exit(1)
 

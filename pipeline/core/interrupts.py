@@ -12,6 +12,11 @@ RuntimeError, the run FAILED). So a signal is acted on at moments known to be sa
   COOPERATION_GRACE_S if no batch ends by then; at once in a process installed with
   `cooperate=False` (a joblib worker: `pipeline/core/cli.py` says why);
 - anywhere else (start-up, between steps): at once.
+
+A joblib worker leaves its sweep last (`exit_with_the_sweep`): loky kills a pool's workers as
+soon as one of them exits, so a worker that exited at once, idle or done with its runs, had its
+sibling killed while that one still ended its run KILLED, the run left RUNNING
+(benchmarks/stress_interrupts.py, sweep-joblib SIGTERM).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import functools
 import os
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as, in its environment
 STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KILLED
@@ -37,6 +44,7 @@ _held: list[int] = []  # a signal that came inside a block, to act on at a safe 
 _depth = 0  # how many deferred() blocks are open
 _cooperating = 0  # how many cooperative() blocks are open
 _cooperates = [True]  # whether cooperative() blocks hold signals in this process
+_job_lock: list[int] = []  # in a launcher's worker running a job: its sweep lock, held shared
 
 
 def install(cooperate: bool = True) -> None:
@@ -75,6 +83,8 @@ def _act_on(signum: int) -> None:
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _dropped)
     stop_children()
+    if in_launcher_worker() and not _job_lock:
+        exit_with_the_sweep(128 + signum)  # idle, or still loading its job: no run to end
     _raise(signum)
 
 
@@ -149,10 +159,63 @@ def _unraisable(hook: Any) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0.01)
 
 
+def in_launcher_worker() -> bool:
+    """Whether this process is a launcher's worker (joblib's), not the stage's own."""
+    return os.environ.get(STAGE_PID, str(os.getpid())) != str(os.getpid())
+
+
+def sweep_lock() -> Path:
+    """The file a sweep's workers lock: shared by each while it runs a job (`job_in_sweep`),
+    exclusively by one about to exit (`exit_with_the_sweep`)."""
+    stage = os.environ.get(STAGE_PID, str(os.getpid()))
+    return Path(tempfile.gettempdir()) / f"pipeline-sweep-{os.getuid()}-{stage}.lock"
+
+
+@contextlib.contextmanager
+def job_in_sweep() -> Iterator[None]:
+    """A launcher worker's job, from its start until its runs have ended: its siblings told to
+    stop wait for it before they exit."""
+    import fcntl
+
+    # Deferred: a signal between taking the lock and noting it would have this worker wait for
+    # its own lock.
+    with deferred():
+        lock = os.open(sweep_lock(), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        _job_lock[:] = [lock]
+    try:
+        yield
+    finally:
+        with deferred():
+            _job_lock.clear()
+            os.close(lock)  # and with it the lock
+
+
+def exit_with_the_sweep(status: int) -> NoReturn:
+    """Exit this launcher's worker once none of its sweep's workers is in a job any more, or
+    after STOP_GRACE_S, when the sweep kills what is left."""
+    import fcntl
+
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        lock = os.open(sweep_lock(), os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+    os._exit(status)
+
+
 def die_with_the_stage() -> None:
-    """In a process the stage started (a launcher's worker), `die_with` the stage."""
+    """In a process the stage started (a launcher's worker), `die_with` the stage, and act on
+    signals as a worker does: one that came while the worker still loaded its first job killed
+    it at once, and loky then its siblings."""
     if os.environ.get(STAGE_PID) == str(os.getppid()):
         die_with(os.getppid())
+        install(cooperate=False)
 
 
 def die_with(parent: int) -> bool:
