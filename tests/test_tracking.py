@@ -468,21 +468,25 @@ def test_a_sweeps_worker_told_to_stop_exits_after_its_siblings_have_ended_their_
     run left RUNNING (benchmarks/stress_interrupts.py, sweep-joblib SIGTERM). A stopped worker
     now exits only once no sibling is in a job (`interrupts.job_in_sweep`)."""
     ended = tmp_path / "ended"
+    # As pipeline/core/cli.py runs a job: its runs end inside the job, it leaves after.
     busy = f"""
 import time
 from pipeline.core import interrupts
-with interrupts.job_in_sweep():
-    print(flush=True)
-    try:
-        time.sleep(600)
-    except KeyboardInterrupt:
-        time.sleep(2)  # ending its runs: longer than a loaded machine takes to start the idle one
-        open({str(ended)!r}, "w").close()
-        interrupts.exit_with_the_sweep(143)
+try:
+    with interrupts.job_in_sweep():
+        print(flush=True)
+        try:
+            time.sleep(600)
+        except KeyboardInterrupt:
+            time.sleep(2)  # ending its runs: the idle one exited long before, on the old code
+            open({str(ended)!r}, "w").close()
+            raise
+except KeyboardInterrupt:
+    interrupts.exit_with_the_sweep(143)
 """
     idle = "import time, pipeline; print(flush=True); time.sleep(600)"
     stage = f"""
-import os, subprocess, sys, time
+import os, subprocess, sys
 os.environ["PIPELINE_STAGE_PID"] = str(os.getpid())
 workers = [subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE)
            for job in ({busy!r}, {idle!r})]
