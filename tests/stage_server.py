@@ -82,7 +82,9 @@ class Server:
             socket.socket(socket.AF_UNIX) as connection,
         ):
             connection.connect(self.address)
-            socket.send_fds(connection, [json.dumps(request).encode()], [out.fileno(), err.fileno()])
+            socket.send_fds(
+                connection, [json.dumps(request).encode()], [out.fileno(), err.fileno()]
+            )
             answers = connection.makefile("r")
             pid = int(answers.readline())
             connection.settimeout(timeout)
