@@ -474,8 +474,8 @@ import time
 from pipeline.core import interrupts
 try:
     with interrupts.job_in_sweep():
-        print(flush=True)
-        try:
+        try:  # the signal can come before print returns, once the stage has read its line
+            print(flush=True)
             time.sleep(600)
         except KeyboardInterrupt:
             time.sleep(2)  # ending its runs: the idle one exited long before, on the old code
