@@ -1,20 +1,19 @@
 """Stage processes forked from one warm interpreter per test process.
 
-A stage started afresh spends 5-7 CPU-seconds importing TensorFlow, MLflow, Hydra and
-scikit-learn before its work (a tiny fit takes one), and the suite starts hundreds: on CI's two
-cores that was most of its time. `stage_in` (conftest.py) asks this server instead: it imported
-those libraries once, and forks a child per stage that sets the stage's folder, environment and
-arguments, then runs `python -m pipeline.<stage>` as the interpreter would, exiting as a fresh
-process does (atexit, its exit status or signal). The pipeline itself is imported in the child,
-from the project copy, so each test runs its own copy's code.
+A stage started afresh spends seconds importing MLflow, Hydra, scikit-learn and pandas before
+its work (a tiny fit takes one), and the suite starts hundreds: on CI's two cores that was much
+of its time. `stage_in` (conftest.py) asks this server instead: it imported those libraries
+once, and forks a child per stage that sets the stage's folder, environment and arguments, then
+runs `python -m pipeline.<stage>` as the interpreter would, exiting as a fresh process does
+(atexit, its exit status or signal). The pipeline itself is imported in the child, from the
+project copy, so each test runs its own copy's code.
 
 What a warm start does not cover is left to the processes DVC, Hydra's launchers and the signal
 tests start themselves (the end-to-end repro, sweeps, interrupts): those start every stage
-afresh. Keras is not preloaded (it reads its backend when first imported, and `backend.use` sets
-the thread and determinism switches before that); TensorFlow reads those switches when it first
-computes, not when imported. A stage whose environment changes what an import reads (its
-backend, TensorFlow's or XLA's flags) starts afresh, as does every stage when
-PIPELINE_TEST_FRESH_STAGES=1.
+afresh. Neither Keras nor TensorFlow (which imports Keras) is preloaded: Keras reads its
+backend when first imported, and `backend.use` sets the backend's thread and determinism
+switches before that. A stage whose environment changes what the preloaded imports read starts
+afresh, as does every stage when PIPELINE_TEST_FRESH_STAGES=1.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-PRELOAD = ("tensorflow", "mlflow", "hydra", "omegaconf", "sklearn", "pandas", "scipy.stats")
-# What the preloaded libraries read when imported: a stage setting any of these starts afresh.
-READ_AT_IMPORT = ("KERAS_", "TF_", "XLA_", "CUDA_", "PYTHON", "OMP_", "MPL")
+PRELOAD = ("mlflow", "hydra", "omegaconf", "sklearn", "pandas", "scipy.stats")
+# What the interpreter and the preloaded libraries read when they start (NumPy's BLAS its thread
+# count): a stage setting any of these starts afresh.
+READ_AT_IMPORT = ("PYTHON", "OMP_", "OPENBLAS_", "MKL_")
 FRESH = "PIPELINE_TEST_FRESH_STAGES"
 
 
@@ -124,6 +124,8 @@ def serve(address: str) -> dict:
 
     for module in PRELOAD:
         importlib.import_module(module)
+    if "keras" in sys.modules:
+        raise RuntimeError("a preloaded module imported Keras before the stage set its backend")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(address + ".new")
     listener.listen()
