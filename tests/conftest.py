@@ -124,23 +124,16 @@ def all_runs(client: MlflowClient) -> list:
     return client.search_runs(experiments, max_results=1000)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest tests first, the end-to-end repro (`slow(first=True)`) before the other slow
-    ones: handed out in this order, a few at a time (pyproject.toml's `--dist loadgroup`), they
+    ones: handed out one at a time (pyproject.toml's `--dist load --maxschedchunk 1`), they
     spread over the workers and the short ones fill in after, instead of one worker starting
-    the repro after other slow tests and finishing minutes after the rest. The tests sharing a
-    module's fixture go to one worker together, which sets it up once instead of once a worker
-    (a search, a training: half a minute each)."""
+    the repro after other slow tests and finishing minutes after the rest."""
 
     def order(item: pytest.Item) -> tuple[bool, bool]:
         slow = item.get_closest_marker("slow")
         return slow is None, not (slow is not None and slow.kwargs.get("first", False))
 
-    for item in items:
-        for name, definitions in item._fixtureinfo.name2fixturedefs.items():
-            if definitions[-1].scope == "module":
-                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
     items.sort(key=order)
 
 
