@@ -63,7 +63,9 @@ def stage_in(
     interpreter where it can be (stage_server.py)."""
     args = [*overrides, *(() if by_hand else ("hydra.run.dir=.",))]
     if stage_server.wanted(env):
-        result = stage_server.run(f"pipeline.{stage}", args, repo, stage_env(**env), timeout=600)
+        result = stage_server.run(
+            f"pipeline.{stage}", args, repo, stage_env(**env), 600, server_env=stage_env()
+        )
     else:
         result = subprocess.run(
             [sys.executable, "-m", f"pipeline.{stage}", *args],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,6 +70,8 @@ class Server:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def run(
         self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
@@ -109,11 +112,17 @@ _server: list[Server] = []
 
 
 def run(
-    module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
+    module: str,
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    server_env: dict[str, str],
 ) -> subprocess.CompletedProcess:
-    """`Server.run` on this test process's server, started with `env` when first asked."""
+    """`Server.run` on this test process's server, started with `server_env` (the tests' own
+    environment, not the first stage's) when first asked."""
     if not _server:
-        _server.append(Server(env))
+        _server.append(Server(server_env))
     return _server[0].run(module, args, cwd, env, timeout)
 
 
