@@ -337,6 +337,69 @@ def test_a_signal_while_mlflow_starts_or_ends_a_run_never_leaves_it_running(
     assert ("failure_reason" in run.data.tags) == (status == "KILLED")
 
 
+# SIGTERM from inside MLflow's SQL store, right after its n-th statement (of two log_params and
+# the run's end: 28 statements in MLflow 3.17), for each n; then whether another connection can
+# lock the store.
+SIGNAL_INSIDE_THE_STORE = """
+import os, signal, sqlite3, time
+import mlflow
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from pipeline import tracking
+from pipeline.core import interrupts
+
+tracking.use_experiment("task")
+executed = [0, None]  # statements so far, the one to signal after
+
+@event.listens_for(Engine, "after_cursor_execute")
+def signal_after(*_):
+    executed[0] += 1
+    if executed[0] == executed[1]:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+for n in range(1, 29):
+    interrupts.install(cooperate=False)  # as in a joblib worker: at once, but for the store
+    try:
+        with tracking.run(f"task/{n}", {}):
+            executed[:] = [0, n]
+            mlflow.log_params({"a": 1})
+            mlflow.log_param("b", 2)
+            time.sleep(0.5)  # training: a signal held for a session is acted on by now
+    except KeyboardInterrupt:
+        pass
+    outside = sqlite3.connect("mlflow.db", timeout=1)
+    outside.execute("BEGIN EXCLUSIVE")  # raises 'database is locked' if a session still holds it
+    outside.execute("ROLLBACK")
+    outside.close()
+print("unlocked after each")
+"""
+
+
+def test_a_signal_inside_a_store_session_waits_for_its_end_and_the_run_ends_killed(
+    store: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    """Raised inside one of MLflow's SQLAlchemy sessions, an interrupt left its SQLite lock
+    held: the run's end KILLED waited out the store's busy timeout (20 s), and a joblib sweep
+    killed its workers first, both their runs left RUNNING (ci12). Now the signal waits for the
+    session's end, wherever it lands among a run's statements."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_INSIDE_THE_STORE],
+        cwd=tmp_path,
+        env={**stage_env(), "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"},
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard: the old code took 20 s per locked session
+    )
+    assert result.stdout.strip() == "unlocked after each", result.stderr[-3000:]
+    runs = store.search_runs([store.get_experiment_by_name("task").experiment_id])
+    statuses = [r.info.status for r in sorted(runs, key=lambda r: int(r.info.run_name[5:]))]
+    # KILLED for a signal among the params' statements, FINISHED among the run's end's (one
+    # that comes while a run ends is acted on once it has ended).
+    killed = statuses.count("KILLED")
+    assert statuses == ["KILLED"] * killed + ["FINISHED"] * (28 - killed), statuses
+    assert 0 < killed < 28
+
+
 def test_the_next_stage_ends_killed_the_runs_of_a_process_killed_outright(
     store: mlflow.MlflowClient, tmp_path: Path
 ) -> None:

@@ -11,6 +11,10 @@ RuntimeError, the run FAILED). So a signal is acted on at moments known to be sa
 - `cooperative()` blocks (a model's fit): at the next batch's end (`keras_callback`), or after
   COOPERATION_GRACE_S if no batch ends by then; at once in a process installed with
   `cooperate=False` (a joblib worker: `pipeline/core/cli.py` says why);
+- inside a session of MLflow's SQL store (a `log_param`, a metric; in any block or none, in a
+  joblib worker too): within STORE_POLL_S of its end. Raised inside, the interrupt left the
+  session's SQLite lock held, and the end of the run KILLED waited out the store's busy
+  timeout (20 s) until a sweep killed the process, its runs and its siblings' left RUNNING;
 - anywhere else (start-up, between steps): at once.
 
 A joblib worker leaves its sweep last (`exit_with_the_sweep`): loky kills a pool's workers as
@@ -28,8 +32,9 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 STAGE_PID = "PIPELINE_STAGE_PID"  # the process the stage was started as, in its environment
@@ -38,6 +43,8 @@ STOP_GRACE_S = 20.0  # how long processes told to stop get to end their runs KIL
 # but a fit's first batch traces its step (seconds under load), and each second spent here is
 # one less of the STOP_GRACE_S a stopped process has to end its runs before it is killed.
 COOPERATION_GRACE_S = 3.0
+STORE_POLL_S = 0.005  # how often a signal held for a database session looks whether it is over
+DATABASE_MODULES = ("sqlalchemy.", "mlflow.store.db.")  # and MLflow's <store>.sqlalchemy_store
 
 _acting_on: list[int] = []  # the signal being acted on, once one came
 _held: list[int] = []  # a signal that came inside a block, to act on at a safe moment
@@ -58,14 +65,37 @@ def install(cooperate: bool = True) -> None:
         signal.signal(signal.SIGINT, _on_signal)
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    if _depth or (_cooperating and _cooperates[0]):
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    cooperating = _cooperating and _cooperates[0]
+    if _depth or cooperating or _in_database(frame):
         _held[:] = [signum]
         if not _depth:  # a fit stuck in one batch is cut short all the same
-            signal.signal(signal.SIGALRM, lambda *_: safe_point())
-            signal.setitimer(signal.ITIMER_REAL, COOPERATION_GRACE_S)
+            _outside_database(safe_point, COOPERATION_GRACE_S if cooperating else STORE_POLL_S)
         return
     _act_on(signum)
+
+
+def _in_database(frame: FrameType | None) -> bool:
+    """Whether the main thread, at `frame`, is inside a session of MLflow's SQL store."""
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith(DATABASE_MODULES) or name.endswith(".sqlalchemy_store"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _outside_database(action: Callable[[], None], after_s: float) -> None:
+    """`action` in `after_s` seconds, or as soon after as the main thread is out of the store."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        if _in_database(frame):
+            signal.setitimer(signal.ITIMER_REAL, STORE_POLL_S)
+        else:
+            action()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, after_s)
 
 
 def safe_point() -> None:
@@ -155,8 +185,7 @@ def _unraisable(hook: Any) -> None:
     armed after the report is printed, since one raised inside the printing is lost for good."""
     sys.__unraisablehook__(hook)
     if isinstance(hook.exc_value, KeyboardInterrupt) and _acting_on:
-        signal.signal(signal.SIGALRM, functools.partial(_raise, _acting_on[0]))
-        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        _outside_database(functools.partial(_raise, _acting_on[0]), 0.01)
 
 
 def in_launcher_worker() -> bool:
