@@ -39,6 +39,14 @@ def stage_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def warm_stages() -> dict[str, str]:
+    """The environment for a `dvc repro` whose stages start warm (stage_server.py) where they
+    can: its PATH, led by the server's `python`."""
+    if not stage_server.wanted({}):
+        return {}
+    return {"PATH": f"{stage_server.shim_path(stage_env())}{os.pathsep}{stage_env()['PATH']}"}
+
+
 def copy_project(repo: Path) -> Path:
     """A copy of the project's pipeline definition (conf/, dvc.yaml, the package) in `repo`."""
     repo.mkdir(exist_ok=True)
@@ -62,7 +70,7 @@ def stage_in(
     own folders, hydra.run.dir=.); `by_hand=True` runs it as a user would. Forked from a warm
     interpreter where it can be (stage_server.py)."""
     args = [*overrides, *(() if by_hand else ("hydra.run.dir=.",))]
-    if stage_server.wanted(env):
+    if stage_server.wanted(env, args):
         result = stage_server.run(
             f"pipeline.{stage}", args, repo, stage_env(**env), 600, server_env=stage_env()
         )

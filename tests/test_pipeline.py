@@ -8,12 +8,11 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, all_runs, mlflow_client, stage_env
+from conftest import ROOT, all_runs, mlflow_client, stage_env, stage_in, warm_stages
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from test_dvc_yaml import disagreement, resolved_stages
@@ -62,15 +61,12 @@ def add_own_tasks(repo: Path) -> None:
     (repo / "src").mkdir()
     (repo / "src/own_nets.py").write_text(OWN_NETS)
     for name, options in NEW_TASK.items():
-        added = shell(
-            repo, sys.executable, "-m", "pipeline.new_task", f"name={name}", *options,
-            "baseline=false", "crossval=false",
+        added = stage_in(
+            repo, "new_task", f"name={name}", *options, "baseline=false", "crossval=false",
+            by_hand=True,
         )  # fmt: skip
         assert f"added {name} to conf/tasks.yaml" in added.stdout
-    refused = subprocess.run(
-        [sys.executable, "-m", "pipeline.new_task", "name=iris", *NEW_TASK["iris"]],
-        cwd=repo, env=stage_env(), capture_output=True, text=True,
-    )  # fmt: skip
+    refused = stage_in(repo, "new_task", "name=iris", *NEW_TASK["iris"], by_hand=True, check=False)
     assert refused.returncode == 1 and refused.stderr.startswith("error: name=iris is taken")
     assert len(refused.stderr.strip().splitlines()) == 1
     edit(repo / "conf/model/presplit.yaml", r"params: \{\}", "params: {units: 8}")
@@ -174,7 +170,7 @@ def champion_on(
     """The accuracy of `task`'s champion on raw input `files`, answered by `predict` in a new
     process (on the default backend), and the champion's run."""
     run = client.get_run(client.get_model_version_by_alias(task, "champion").run_id)
-    answers = shell(repo, sys.executable, "-m", "pipeline.predict", f"task={task}", *files)
+    answers = stage_in(repo, "predict", f"task={task}", *files, by_hand=True)
     predicted = [line.split("\t")[1] for line in answers.stdout.strip().splitlines()]
     assert len(predicted) == len(labels), task
     return float(np.mean(np.array(predicted) == np.array(labels))), run
@@ -266,7 +262,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
     tiny_repo: tuple[Path, Path], tmp_path: Path
 ) -> None:
     repo, mirror = tiny_repo
-    first = shell(repo, "dvc", "repro", PIPELINE_DATA_MIRROR=str(mirror))
+    first = shell(repo, "dvc", "repro", PIPELINE_DATA_MIRROR=str(mirror), **warm_stages())
     assert {"fetch@mnist", "split@sign_digits_01", "train@sign_digits_01-sklearn"} <= stages_run(
         first.stdout
     )
@@ -405,7 +401,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     # The report run again registers no new version; each task's champion stays.
     versions = {task: len(client.search_model_versions(f"name = '{task}'")) for task in TASKS}
-    shell(repo, "dvc", "repro", "--force", "--single-item", "report")
+    shell(repo, "dvc", "repro", "--force", "--single-item", "report", **warm_stages())
     for task in TASKS:
         assert len(client.search_model_versions(f"name = '{task}'")) == versions[task] == 1
         assert int(client.get_model_version_by_alias(task, "champion").version) == 1
@@ -465,7 +461,7 @@ def test_dvc_repro_runs_every_task_into_mlflow_and_dvc_metrics(
 
     best = (repo / "models/circles/best_hparams.yaml").read_text()
     searched = circles_searches()
-    shell(repo, "dvc", "repro", "--force", "--single-item", "tune@circles")
+    shell(repo, "dvc", "repro", "--force", "--single-item", "tune@circles", **warm_stages())
     assert (repo / "models/circles/best_hparams.yaml").read_text() == best
     assert circles_searches() == searched
 

@@ -48,7 +48,8 @@ def use(name: Any, deterministic: bool = True, threads: int | None = None) -> st
                 f"backend={name}: Keras was already imported with backend "
                 f"{keras.backend.backend()} in this process; set KERAS_BACKEND={name} instead"
             )
-        return name
+        # Still worth setting: TensorFlow and JAX read them when they first compute, not when
+        # Keras imports them (PyTorch's OMP_NUM_THREADS, though, is read at its import).
     missing = [module for module in MODULES[name] if importlib.util.find_spec(module) is None]
     if missing:
         raise ConfigError(
@@ -73,7 +74,8 @@ def use(name: Any, deterministic: bool = True, threads: int | None = None) -> st
                 "set threads=1 or threads=null"
             )
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        if flags not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     elif name == "torch" and threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # PyTorch's intra-op pool, read at start
     return name
