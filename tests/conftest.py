@@ -44,7 +44,8 @@ def warm_stages() -> dict[str, str]:
     can: its PATH, led by the server's `python`."""
     if not stage_server.wanted({}):
         return {}
-    return {"PATH": f"{stage_server.shim_path(stage_env())}{os.pathsep}{stage_env()['PATH']}"}
+    env = stage_env()
+    return {"PATH": f"{stage_server.shim_path(env)}{os.pathsep}{env['PATH']}"}
 
 
 def copy_project(repo: Path) -> Path:
