@@ -358,7 +358,7 @@ def signal_after(*_):
         os.kill(os.getpid(), signal.SIGTERM)
 
 for n in range(1, 29):
-    interrupts.install(cooperate=False)  # as in a joblib worker: at once, but for the store
+    interrupts.install()
     try:
         with tracking.run(f"task/{n}", {}):
             executed[:] = [0, n]
@@ -464,6 +464,43 @@ def test_a_signal_inside_a_fit_waits_for_a_batch_end_or_the_grace(safe_point: bo
         timeout=60,
     )
     assert result.stdout.strip() == "interrupted after ['after the signal']", result.stderr
+
+
+SWALLOWED = """
+import os, signal, time
+from pipeline.core import interrupts
+
+interrupts.install()
+interrupts.COOPERATION_GRACE_S = 0.5
+batch = 0
+try:
+    with interrupts.cooperative():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for batch in range(1, 4):
+            try:
+                time.sleep(2)  # a batch longer than the grace: the interrupt is raised in it
+            except:  # noqa: E722 (and dropped, as bare excepts in Keras and TensorFlow do)
+                print("swallowed in batch", batch)
+            interrupts.safe_point()  # the batch's end
+    print("trained on to the end")
+except KeyboardInterrupt:
+    print("interrupted after batch", batch)
+"""
+
+
+def test_an_interrupt_swallowed_inside_a_fit_is_raised_again_at_the_next_batch_end() -> None:
+    """A joblib sweep's job, SIGTERMed in its first epoch, trained on with its run RUNNING until
+    the sweep killed it: the interrupt had been raised inside one of Keras' bare excepts."""
+    result = subprocess.run(
+        [sys.executable, "-c", SWALLOWED],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines == ["swallowed in batch 1", "interrupted after batch 1"], result.stderr
 
 
 def test_a_process_unwinding_for_a_signal_still_counts_as_one_to_wait_for() -> None:

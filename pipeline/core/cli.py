@@ -57,11 +57,8 @@ def stage(
         @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
         def hydra_main(cfg: DictConfig) -> None:
             work_started = time.time()
-            # A joblib worker acts on a signal at once, even in a fit: as soon as one worker
-            # exits, loky kills the others, so one waiting for its batch's end would be killed
-            # with its run RUNNING (test_a_killed_joblib_sweep_ends_each_jobs_run_killed).
             in_worker = interrupts.in_launcher_worker()
-            interrupts.install(cooperate=not in_worker)
+            interrupts.install()
             # A launcher's worker (joblib's) dies with its sweep from its first import of the
             # pipeline on (pipeline/__init__.py); one whose sweep was killed outright before
             # that would train on, and then wait for more jobs.

@@ -9,13 +9,19 @@ RuntimeError, the run FAILED). So a signal is acted on at moments known to be sa
 
 - `deferred()` blocks (a run's start and end): at the block's end;
 - `cooperative()` blocks (a model's fit): at the next batch's end (`keras_callback`), or after
-  COOPERATION_GRACE_S if no batch ends by then; at once in a process installed with
-  `cooperate=False` (a joblib worker: `pipeline/core/cli.py` says why);
-- inside a session of MLflow's SQL store (a `log_param`, a metric; in any block or none, in a
-  joblib worker too): within STORE_POLL_S of its end. Raised inside, the interrupt left the
-  session's SQLite lock held, and the end of the run KILLED waited out the store's busy
-  timeout (20 s) until a sweep killed the process, its runs and its siblings' left RUNNING;
+  COOPERATION_GRACE_S if no batch ends by then;
+- inside a session of MLflow's SQL store (a `log_param`, a metric; in any block or none):
+  within STORE_POLL_S of its end. Raised inside, the interrupt left the session's SQLite lock
+  held, and the end of the run KILLED waited out the store's busy timeout (20 s) until a sweep
+  killed the process, its runs and its siblings' left RUNNING;
 - anywhere else (start-up, between steps): at once.
+
+An interrupt raised anywhere but at a batch's end can be swallowed: Keras and TensorFlow have
+bare `except:` clauses (in a fit's first step, where the loss is built; in the logs each batch
+hands its callbacks), and Python drops one raised in a garbage-collection callback. The fit
+then trained on with its run RUNNING until a sweep killed it (test_a_killed_joblib_sweep_...,
+SIGTERM in a job's first epoch). So once raised, the interrupt is raised again at every safe
+point that comes after (`safe_point`).
 
 A joblib worker leaves its sweep last (`exit_with_the_sweep`): loky kills a pool's workers as
 soon as one of them exits, so a worker that exited at once, idle or done with its runs, had its
@@ -50,15 +56,12 @@ _acting_on: list[int] = []  # the signal being acted on, once one came
 _held: list[int] = []  # a signal that came inside a block, to act on at a safe moment
 _depth = 0  # how many deferred() blocks are open
 _cooperating = 0  # how many cooperative() blocks are open
-_cooperates = [True]  # whether cooperative() blocks hold signals in this process
 _job_lock: list[int] = []  # in a launcher's worker running a job: its sweep lock, held shared
 
 
-def install(cooperate: bool = True) -> None:
+def install() -> None:
     """Unwind this process as KeyboardInterrupt on SIGTERM, and on SIGINT unless it is ignored
-    (a background job of a non-interactive shell: then it stays ignored). With `cooperate`
-    false, a fit is interrupted at once, as anything else."""
-    _cooperates[:] = [cooperate]
+    (a background job of a non-interactive shell: then it stays ignored)."""
     signal.signal(signal.SIGTERM, _on_signal)
     sys.unraisablehook = _unraisable
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -66,11 +69,10 @@ def install(cooperate: bool = True) -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    cooperating = _cooperating and _cooperates[0]
-    if _depth or cooperating or _in_database(frame):
+    if _depth or _cooperating or _in_database(frame):
         _held[:] = [signum]
         if not _depth:  # a fit stuck in one batch is cut short all the same
-            _outside_database(safe_point, COOPERATION_GRACE_S if cooperating else STORE_POLL_S)
+            _outside_database(safe_point, COOPERATION_GRACE_S if _cooperating else STORE_POLL_S)
         return
     _act_on(signum)
 
@@ -99,10 +101,16 @@ def _outside_database(action: Callable[[], None], after_s: float) -> None:
 
 
 def safe_point() -> None:
-    """A moment where a held signal may be acted on: outside deferred() blocks."""
-    if _held and not _depth:
+    """A moment where a held signal may be acted on: outside deferred() blocks. Reached after
+    the interrupt was raised, it was swallowed (nothing that unwinds for it reaches a safe
+    point): raised again, here."""
+    if _depth:
+        return
+    if _held:
         signal.setitimer(signal.ITIMER_REAL, 0)
         _act_on(_held.pop())
+    elif _acting_on:
+        _raise(_acting_on[0])
 
 
 def _act_on(signum: int) -> None:
@@ -181,8 +189,9 @@ def keras_callback() -> Any:
 def _unraisable(hook: Any) -> None:
     """Raise again an interrupt that Python swallowed: one raised while a garbage-collection
     callback or a __del__ ran (JAX's, TensorFlow's) is printed and dropped, and the training
-    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback;
-    armed after the report is printed, since one raised inside the printing is lost for good."""
+    it was to stop would go on with its run RUNNING. 10 ms later, outside that callback and
+    out of the store (or at a batch's end, if one comes first); armed after the report is
+    printed, since one raised inside the printing is lost for good."""
     sys.__unraisablehook__(hook)
     if isinstance(hook.exc_value, KeyboardInterrupt) and _acting_on:
         _outside_database(functools.partial(_raise, _acting_on[0]), 0.01)
@@ -244,7 +253,7 @@ def die_with_the_stage() -> None:
     it at once, and loky then its siblings."""
     if os.environ.get(STAGE_PID) == str(os.getppid()):
         die_with(os.getppid())
-        install(cooperate=False)
+        install()
 
 
 def die_with(parent: int) -> bool:
