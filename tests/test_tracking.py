@@ -503,6 +503,47 @@ def test_an_interrupt_swallowed_inside_a_fit_is_raised_again_at_the_next_batch_e
     assert lines == ["swallowed in batch 1", "interrupted after batch 1"], result.stderr
 
 
+CAME_OUT_AS_ANOTHER_ERROR = """
+import contextlib, os, signal, time
+from pipeline import tracking
+from pipeline.core import interrupts
+
+interrupts.install()
+interrupts.COOPERATION_GRACE_S = 0.5
+tracking.use_experiment("task")
+fit = interrupts.cooperative() if {fit} else contextlib.nullcontext()
+try:
+    with tracking.run("task/x", {{}}), fit:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # a fit's first step, longer than the grace; or any work, outside one
+        except KeyboardInterrupt:  # let out by C code as CPython's own error
+            raise SystemError("Objects/listobject.c:338: bad argument to internal function")
+except KeyboardInterrupt as interrupt:
+    print("interrupted, out of", type(interrupt.__cause__).__name__)
+"""
+
+
+@pytest.mark.parametrize("fit", [True, False], ids=["in-a-fit", "outside-a-fit"])
+def test_an_interrupt_that_comes_out_as_another_error_ends_the_run_killed(
+    store: mlflow.MlflowClient, tmp_path: Path, fit: bool
+) -> None:
+    """A joblib sweep's job, SIGTERMed in its first step, ended its run FAILED with `SystemError:
+    Objects/listobject.c:338: bad argument to internal function`: cut at the grace inside
+    TensorFlow's tracing, the interrupt came out of C code as another error (a loaded suite)."""
+    result = subprocess.run(
+        [sys.executable, "-c", CAME_OUT_AS_ANOTHER_ERROR.format(fit=fit)],
+        cwd=tmp_path,
+        env={**stage_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "interrupted, out of SystemError", result.stderr[-3000:]
+    (run,) = store.search_runs([store.get_experiment_by_name("task").experiment_id])
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("KILLED", "interrupted")
+
+
 def test_a_process_unwinding_for_a_signal_still_counts_as_one_to_wait_for() -> None:
     """A sweep waits for its launcher's workers to end their runs, but not for children that
     ignore SIGTERM (joblib's resource tracker). A worker that got the group's Ctrl-C first and

@@ -65,7 +65,10 @@ def stage(
             if in_worker and os.getppid() != int(os.environ[STAGE_PID]):
                 os._exit(128 + signal.SIGTERM)
             try:
-                with interrupts.job_in_sweep() if in_worker else contextlib.nullcontext():
+                with (
+                    interrupts.job_in_sweep() if in_worker else contextlib.nullcontext(),
+                    interrupts.as_interrupt(),
+                ):
                     if "backend" in cfg:
                         backend.use(cfg.backend, cfg.deterministic, cfg.threads)
                     run(cfg)

@@ -21,7 +21,9 @@ bare `except:` clauses (in a fit's first step, where the loss is built; in the l
 hands its callbacks), and Python drops one raised in a garbage-collection callback. The fit
 then trained on with its run RUNNING until a sweep killed it (test_a_killed_joblib_sweep_...,
 SIGTERM in a job's first epoch). So once raised, the interrupt is raised again at every safe
-point that comes after (`safe_point`).
+point that comes after (`safe_point`). Raised where C code calls back into Python, it can come
+out as another error; once a signal is acted on, whatever error a stage's fit, run or job ends
+with is that signal's interrupt (`as_interrupt`).
 
 A joblib worker leaves its sweep last (`exit_with_the_sweep`): loky kills a pool's workers as
 soon as one of them exits, so a worker that exited at once, idle or done with its runs, had its
@@ -155,13 +157,29 @@ def deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def as_interrupt() -> Iterator[None]:
+    """A block whose error, once the process acts on a signal, is that signal's interrupt.
+    Raised where C code calls back into Python (TensorFlow's tracing of a fit's first step, cut
+    at COOPERATION_GRACE_S), the KeyboardInterrupt comes out as another error (`SystemError:
+    Objects/listobject.c:338: bad argument to internal function`): the run ended FAILED, and a
+    search would count the trial failed and go on to the next."""
+    try:
+        yield
+    except Exception as error:
+        if not _acting_on:
+            raise
+        raise KeyboardInterrupt(f"signal {_acting_on[0]}") from error
+
+
+@contextlib.contextmanager
 def cooperative() -> Iterator[None]:
     """A model's fit: a signal that comes inside it is acted on at a batch's end, where Keras
     hands control to its callbacks (`keras_callback` must be among them)."""
     global _cooperating
     _cooperating += 1
     try:
-        yield
+        with as_interrupt():
+            yield
     finally:
         _cooperating -= 1
     if not _cooperating:

@@ -93,7 +93,8 @@ def run(
                 tags={**tags, **owner_tags()},
                 log_system_metrics=system_metrics(system_metrics_every),
             )
-        yield active
+        with interrupts.as_interrupt():
+            yield active
     except KeyboardInterrupt:
         if active is not None:
             end_open_runs(active.info.run_id, RunStatus.KILLED, "interrupted")
