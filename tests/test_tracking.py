@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,11 +41,14 @@ def test_git_commit_is_dirty_for_code_changes_not_for_the_pipelines_own_outputs(
 
 
 def git_repo(path: Path, files: dict[str, str]) -> str:
-    """A git repository at `path` with `files` committed; returns the commit."""
+    """A git repository at `path` with `files` committed; returns the commit, the same for the
+    same files (its dates fixed: on a loaded machine two commits straddled a second)."""
+    date = "2026-01-01T00:00:00+0000"
+    env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=path, check=True, capture_output=True, text=True
+            ["git", *args], cwd=path, env=env, check=True, capture_output=True, text=True
         ).stdout.strip()
 
     path.mkdir(parents=True, exist_ok=True)
