@@ -248,4 +248,6 @@ def test_each_stage_process_records_its_start_up_work_and_model_compute(
     assert "experiment=circles/baseline" in lines[0]["overrides"]
     for line in lines:
         # Imports and Hydra come before the work; the fit or the predictions are inside it.
-        assert line["startup_s"] > 0.5 and 0 < line["compute_s"] < line["work_s"], line
+        # No floor on the start-up: a stage forked by the warm stage server has its imports
+        # done, and a fast machine starts it in a few tenths of a second.
+        assert 0 < line["startup_s"] and 0 < line["compute_s"] < line["work_s"], line
